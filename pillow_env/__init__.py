@@ -8,3 +8,8 @@ __version__ = "0.1.0"
 
 __all__ = ["DataError", "Example", "LoadReport", "PromptRenderer", "Suite", "builtin_suite",
            "examples_fingerprint", "load_examples", "split_examples", "__version__"]
+
+import gymnasium as _gym
+
+_gym.register(id="PillowMatch-v0", entry_point="pillow_env.env:PillowMatchEnv",
+              vector_entry_point="pillow_env.vector:PillowMatchVectorEnv")

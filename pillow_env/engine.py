@@ -1,0 +1,210 @@
+"""One reward engine for every env: batched, deduplicated, cached generation + scoring.
+
+Each request is (chosen exemplars, query). The engine renders them, looks every prompt up in the
+memory LRU, then the disk cache, and sends only the misses, deduplicated, to the generator as
+batches; it scores the new generations in one vectorised call and stores them in both caches.
+
+The key is a hash of the generator's fingerprint (weights + adapter + prompt format), the
+generation settings, the reward settings, the rendered prompt and the reference, so a cache file
+can be shared across runs and algorithms without ever serving a stale score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .cache import DiskCache, LRUCache
+from .data import Example
+from .rewards import RewardFn, check_reward
+
+__all__ = ["Generator", "RewardEngine", "ScoredGeneration", "EngineStats"]
+
+
+class Generator(Protocol):
+    """What the engine needs from an LLM backend (``Backbone`` is the in-process one)."""
+
+    fingerprint: str
+    renderer: Any
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = ..., *, batch_size: int = ...,
+                 stop: Sequence[str] = ...) -> list[str]: ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class ScoredGeneration:
+    """The outcome of one (exemplars, query) request."""
+
+    prompt: str
+    generation: str
+    reference: str
+    reward: float
+    components: Mapping[str, float]
+    cached: bool = False
+
+
+@dataclass
+class EngineStats:
+    requests: int = 0
+    generations: int = 0
+    memory_hits: int = 0
+    disk_hits: int = 0
+    duplicates: int = 0
+    generate_calls: int = 0
+    max_batch: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    render_seconds: float = 0.0
+    generation_seconds: float = 0.0
+    scoring_seconds: float = 0.0
+    cache_seconds: float = 0.0
+
+    @property
+    def cache_hits(self) -> int:
+        return self.memory_hits + self.disk_hits
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "cache_hits": self.cache_hits}
+
+
+def _as_scorer(reward: Callable[..., Any]) -> Callable[[Sequence[str], Sequence[str]], dict[str, np.ndarray]]:
+    """A `PillowReward` returns its components; a plain reward fn becomes ``{"reward": values}``."""
+    def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, np.ndarray]:
+        out = reward(predictions, references)
+        if isinstance(out, Mapping):
+            if "reward" not in out:
+                raise ValueError(f"reward {_name(reward)!r} returned a mapping without a 'reward' entry")
+            return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+        return {"reward": check_reward(_name(reward), out, len(predictions))}
+    return score
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+@dataclass
+class RewardEngine:
+    """Scores (exemplars, query) requests for any number of envs.
+
+    Args:
+        generator: the LLM (a :class:`~pillow_env.backbone.Backbone` or anything with the same
+            ``generate`` / ``count_tokens`` / ``fingerprint`` / ``renderer``).
+        reward: a :class:`~pillow_env.rewards.PillowReward` or any ``fn(predictions, references)``.
+        max_new_tokens, batch_size, stop: generation settings (part of the cache key).
+        memory_cache_size: entries kept in the in-memory LRU.
+        cache_path: an SQLite file shared across runs (``None``: memory only).
+    """
+
+    generator: Generator
+    reward: RewardFn | Callable[..., Any]
+    max_new_tokens: int = 24
+    batch_size: int = 16
+    stop: tuple[str, ...] = ()
+    memory_cache_size: int = 200_000
+    cache_path: str | Path | None = None
+    stats: EngineStats = field(default_factory=EngineStats, init=False)
+
+    def __post_init__(self) -> None:
+        self._score = _as_scorer(self.reward)
+        self._memory = LRUCache(self.memory_cache_size)
+        self._disk = DiskCache(self.cache_path) if self.cache_path is not None else None
+        reward_fp = getattr(self.reward, "fingerprint", None) or _name(self.reward)
+        settings = repr((self.generator.fingerprint, self.max_new_tokens, tuple(self.stop), reward_fp))
+        self._prefix = hashlib.sha256(settings.encode()).digest()
+        self._renders = LRUCache(self.memory_cache_size)
+
+    @property
+    def fingerprint(self) -> str:
+        return self._prefix.hex()[:16]
+
+    def render(self, exemplars: Sequence[Example], query: Example) -> str:
+        """The prompt text, memoised: rendering a chat template costs more than a cache hit."""
+        key = repr(([(e.instruction, e.input, e.output) for e in exemplars], query.instruction, query.input))
+        prompt = self._renders.get(key)
+        if prompt is None:
+            prompt = self.generator.renderer.render(exemplars, query)
+            self._renders.put(key, prompt)
+        return prompt
+
+    def _key(self, prompt: str, reference: str) -> str:
+        h = hashlib.blake2b(self._prefix, digest_size=16)
+        h.update(prompt.encode())
+        h.update(b"\0")
+        h.update(reference.encode())
+        return h.hexdigest()
+
+    def score(self, requests: Sequence[tuple[Sequence[Example], Example]]) -> list[ScoredGeneration]:
+        """Generate and score a batch of requests; results are in request order."""
+        stats = self.stats
+        t0 = time.perf_counter()
+        prompts = [self.render(ex, q) for ex, q in requests]
+        references = [q.output for _, q in requests]
+        keys = [self._key(p, r) for p, r in zip(prompts, references)]
+        stats.requests += len(requests)
+        t1 = time.perf_counter()
+        stats.render_seconds += t1 - t0
+
+        found: dict[str, dict[str, Any]] = {}
+        for key in keys:
+            hit = self._memory.get(key)
+            if hit is not None:
+                found[key] = hit
+        stats.memory_hits += sum(k in found for k in keys)
+        missing = list(dict.fromkeys(k for k in keys if k not in found))
+        if self._disk is not None and missing:
+            on_disk = self._disk.get_many(missing)
+            for key, value in on_disk.items():
+                self._memory.put(key, value)
+            found.update(on_disk)
+            stats.disk_hits += sum(k in on_disk for k in keys)
+            missing = [k for k in missing if k not in on_disk]
+        stats.cache_seconds += time.perf_counter() - t1
+
+        if missing:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            wanted = set(missing)
+            stats.duplicates += sum(1 for k in keys if k in wanted) - len(missing)
+            new = self._run([prompts[first[k]] for k in missing], [references[first[k]] for k in missing])
+            for key, value in zip(missing, new):
+                self._memory.put(key, value)
+                found[key] = value
+            if self._disk is not None:
+                t = time.perf_counter()
+                self._disk.put_many(dict(zip(missing, new)))
+                stats.cache_seconds += time.perf_counter() - t
+
+        fresh = set(missing)
+        return [ScoredGeneration(p, found[k]["generation"], r, found[k]["reward"], found[k]["components"],
+                                 cached=k not in fresh)
+                for p, r, k in zip(prompts, references, keys)]
+
+    def _run(self, prompts: list[str], references: list[str]) -> list[dict[str, Any]]:
+        stats = self.stats
+        t = time.perf_counter()
+        generations = self.generator.generate(prompts, self.max_new_tokens, batch_size=self.batch_size,
+                                              stop=self.stop)
+        stats.generation_seconds += time.perf_counter() - t
+        stats.generations += len(prompts)
+        stats.generate_calls += 1
+        stats.max_batch = max(stats.max_batch, len(prompts))
+        stats.prompt_tokens += sum(self.generator.count_tokens(prompts))
+        stats.generated_tokens += sum(self.generator.count_tokens(generations)) if generations else 0
+        t = time.perf_counter()
+        parts = self._score(generations, references)
+        stats.scoring_seconds += time.perf_counter() - t
+        return [{"generation": g, "reward": float(parts["reward"][i]),
+                 "components": {name: float(v[i]) for name, v in parts.items() if name != "reward"}}
+                for i, g in enumerate(generations)]
+
+    def close(self) -> None:
+        if self._disk is not None:
+            self._disk.close()

@@ -1,0 +1,251 @@
+"""``PillowMatch-v0``: pick ``m`` exemplars from a pool, one per step, for an instruction query."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from .data import Example, load_examples
+from .encoder import Encoder, load_encoder
+from .engine import RewardEngine, ScoredGeneration
+from .prompts import user_text
+from .resources import DEFAULT_MODEL, embed_examples, resolve_cache_path, shared_backbone, shared_engine
+from .rewards import PillowReward
+from .suite import builtin_suite
+
+__all__ = ["PillowMatchEnv", "Request"]
+
+Request = tuple[list[Example], Example]
+ExampleSource = str | Path | Sequence[Example]
+
+
+def _examples(source: ExampleSource, what: str, split: str, suite_seed: int) -> list[Example]:
+    if isinstance(source, str) and source == "builtin":
+        suite = builtin_suite(suite_seed)
+        if what == "pool":
+            return suite.pool
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test' for the built-in suite, got {split!r}")
+        return getattr(suite, split)
+    if isinstance(source, (str, Path)):
+        return load_examples(source)
+    examples = list(source)
+    if not examples or not all(isinstance(e, Example) for e in examples):
+        raise TypeError(f"{what} must be 'builtin', a dataset path or a non-empty sequence of Example")
+    return examples
+
+
+class PillowMatchEnv(gym.Env):
+    """Choose ``m`` exemplars from a pool for one query; the LLM's answer with them is the reward.
+
+    ## Observation (``observation="embedding"``, the default; ``Dict``)
+
+    | key | space | meaning |
+    |---|---|---|
+    | ``query`` | ``Box(-1, 1, (d,))`` | sentence embedding of the query (instruction + input) |
+    | ``chosen`` | ``Box(-1, 1, (m, d))`` | embeddings of the exemplars chosen so far, zero rows after |
+    | ``chosen_mask`` | ``MultiBinary(K)`` | 1 for pool entries already chosen |
+    | ``step`` | ``Discrete(m + 1)`` | how many exemplars are chosen |
+
+    ``observation="index"`` replaces the embeddings by ``query_index`` (``Discrete(Q)``), for tabular
+    agents. The text view (query, chosen exemplars) is in ``info`` and ``render()``.
+
+    ## Action
+
+    ``Discrete(K)``: the pool index of the next exemplar. An index chosen before in this episode is
+    invalid (``action_masks()`` / ``info["action_mask"]`` mark the valid ones). With
+    ``invalid_action="raise"`` it raises ``ValueError``; with ``"penalize"`` (default) the step is a
+    no-op with reward ``invalid_penalty``, and after ``2 * m`` invalid actions the episode is truncated,
+    so an agent that ignores masks cannot loop forever.
+
+    ## Reward
+
+    Sparse (default, as in PILLOW): 0 until step ``m``; then the chosen exemplars and the query are
+    rendered, the LLM generates greedily, and the reward function scores the generation against the
+    reference (``PillowReward``: 0.5 ROUGE-L + 0.5 MiniLM cosine). ``info`` then carries ``prompt``,
+    ``generation``, ``reference`` and each component. Dense (``dense=True``): the LLM answers after
+    every step and the reward is the improvement over the previous step (step 0 = zero-shot), so the
+    rewards of an episode sum to the final score minus the zero-shot score.
+
+    ## Episode
+
+    ``reset(seed=..., options={"query_index": i})`` picks a query (uniformly with the env's RNG when
+    no index is given); terminated after ``m`` valid actions.
+
+    ## Arguments
+
+    | argument | default | meaning |
+    |---|---|---|
+    | ``pool`` | ``"builtin"`` | exemplar pool: ``"builtin"``, a dataset file, or a list of ``Example`` |
+    | ``queries`` | ``"builtin"`` | queries, likewise (the built-in suite's ``split``) |
+    | ``split`` | ``"train"`` | built-in split for ``queries``: ``"train"`` or ``"test"`` |
+    | ``m`` | 2 | exemplars per episode |
+    | ``model`` / ``adapter`` | SmolLM2-135M-Instruct / ``None`` | any HF causal LM name/path; peft adapter folder |
+    | ``encoder`` | ``"minilm"`` | sentence encoder (name or loaded ``Encoder``) for observations and reward |
+    | ``reward`` | ``None`` | ``None`` = ``PillowReward``; or any ``fn(predictions, references)`` |
+    | ``engine`` | ``None`` | share an existing ``RewardEngine`` (overrides model/adapter/reward) |
+    | ``cache_path`` | ``None`` | SQLite file caching generations across runs |
+    | ``max_new_tokens`` | 24 | generation budget per answer |
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(self, pool: ExampleSource = "builtin", queries: ExampleSource = "builtin", *,
+                 split: str = "train", m: int = 2, model: str = DEFAULT_MODEL, adapter: str | None = None,
+                 encoder: str | Encoder = "minilm", reward: Callable[..., Any] | None = None,
+                 engine: RewardEngine | None = None, cache_path: str | Path | None = None,
+                 max_new_tokens: int = 24, observation: Literal["embedding", "index"] = "embedding",
+                 invalid_action: Literal["raise", "penalize"] = "penalize", invalid_penalty: float = -1.0,
+                 dense: bool = False, suite_seed: int = 0, render_mode: str | None = None) -> None:
+        self.pool = _examples(pool, "pool", split, suite_seed)
+        self.queries = _examples(queries, "queries", split, suite_seed)
+        if not 1 <= m <= len(self.pool):
+            raise ValueError(f"m must be between 1 and the pool size {len(self.pool)}, got {m}")
+        if invalid_action not in ("raise", "penalize"):
+            raise ValueError(f"invalid_action must be 'raise' or 'penalize', got {invalid_action!r}")
+        if observation not in ("embedding", "index"):
+            raise ValueError(f"observation must be 'embedding' or 'index', got {observation!r}")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.m, self.observation, self.dense = m, observation, dense
+        self.invalid_action, self.invalid_penalty = invalid_action, float(invalid_penalty)
+        self.render_mode = render_mode
+
+        self.encoder = load_encoder(encoder) if isinstance(encoder, str) else encoder
+        if engine is not None:
+            self.engine = engine
+        elif reward is None and isinstance(encoder, str):
+            self.engine = shared_engine(model, adapter, encoder, max_new_tokens, resolve_cache_path(cache_path))
+        else:
+            self.engine = RewardEngine(shared_backbone(model, adapter),
+                                       reward if reward is not None else PillowReward(encoder=self.encoder),
+                                       max_new_tokens=max_new_tokens, cache_path=resolve_cache_path(cache_path))
+
+        k = len(self.pool)
+        self.pool_embeddings = embed_examples(self.encoder, self.pool, with_output=True)
+        self.query_embeddings = embed_examples(self.encoder, self.queries, with_output=False)
+        d = self.pool_embeddings.shape[1]
+        self.action_space = spaces.Discrete(k)
+        common = {"chosen_mask": spaces.MultiBinary(k), "step": spaces.Discrete(m + 1)}
+        if observation == "embedding":
+            self.observation_space = spaces.Dict({"query": spaces.Box(-1.0, 1.0, (d,), np.float32),
+                                                  "chosen": spaces.Box(-1.0, 1.0, (m, d), np.float32), **common})
+        else:
+            self.observation_space = spaces.Dict({"query_index": spaces.Discrete(len(self.queries)), **common})
+
+        self.query_index = 0
+        self.chosen: list[int] = []
+        self._invalid = 0
+        self._step_invalid = False
+        self._previous_score = 0.0
+        self._last: ScoredGeneration | None = None
+
+    # -- Gymnasium API ---------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        request = self.begin_reset(seed=seed, options=options)
+        return self.end_reset(self.engine.score([request])[0] if request is not None else None)
+
+    def step(self, action):
+        request = self.begin_step(action)
+        result = self.engine.score([request])[0] if request is not None else None
+        return self.end_step(result)
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        lines = [f"query #{self.query_index}: {user_text(self.query)!r}  (reference: {self.query.output!r})"]
+        for n, i in enumerate(self.chosen, 1):
+            ex = self.pool[i]
+            lines.append(f"  exemplar {n}/{self.m} = pool[{i}]: {user_text(ex)!r} -> {ex.output!r}")
+        if self._last is not None:
+            lines.append(f"  generation: {self._last.generation!r}  reward {self._last.reward:.3f}")
+        return "\n".join(lines)
+
+    # -- the two halves of a step, so a vector env can batch the LLM call between them ------------
+
+    @property
+    def query(self) -> Example:
+        return self.queries[self.query_index]
+
+    def action_masks(self) -> np.ndarray:
+        """Valid actions (``True``): pool entries not chosen yet in this episode (sb3-contrib convention)."""
+        mask = np.ones(len(self.pool), dtype=bool)
+        mask[self.chosen] = False
+        return mask
+
+    def begin_reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Request | None:
+        """Pick the query; in dense mode, return the zero-shot request whose score is the baseline."""
+        super().reset(seed=seed)
+        index = (options or {}).get("query_index")
+        if index is None:
+            index = int(self.np_random.integers(len(self.queries)))
+        elif not 0 <= int(index) < len(self.queries):
+            raise ValueError(f"options['query_index'] must be in [0, {len(self.queries)}), got {index}")
+        self.query_index, self.chosen, self._invalid, self._last = int(index), [], 0, None
+        self._step_invalid = False
+        return ([], self.query) if self.dense else None
+
+    def end_reset(self, result: ScoredGeneration | None):
+        self._previous_score = result.reward if result is not None else 0.0
+        return self._observation(), self._info()
+
+    def begin_step(self, action: Any) -> Request | None:
+        """Apply ``action``; return the (exemplars, query) request to score, or ``None`` if none is due."""
+        a = int(np.asarray(action).item())
+        if not 0 <= a < len(self.pool):
+            raise ValueError(f"action {a} is outside the pool (Discrete({len(self.pool)}))")
+        if a in self.chosen:
+            if self.invalid_action == "raise":
+                raise ValueError(f"action {a}: pool entry already chosen in this episode (chosen {self.chosen}); "
+                                 "use action_masks() or invalid_action='penalize'")
+            self._invalid += 1
+            self._step_invalid = True
+            return None
+        self._step_invalid = False
+        self.chosen.append(a)
+        if len(self.chosen) == self.m or self.dense:
+            return [self.pool[i] for i in self.chosen], self.query
+        return None
+
+    def end_step(self, result: ScoredGeneration | None):
+        """Finish the step begun by :meth:`begin_step` with the engine's result (if one was due)."""
+        terminated = len(self.chosen) == self.m
+        reward, extra = 0.0, {}
+        if result is not None:
+            self._last = result
+            reward = result.reward - self._previous_score if self.dense else result.reward
+            self._previous_score = result.reward
+            extra = {"prompt": result.prompt, "generation": result.generation, "reference": result.reference,
+                     "score": result.reward, "cached": result.cached, **dict(result.components)}
+        truncated = False
+        if self._step_invalid:
+            reward = self.invalid_penalty
+            truncated = self._invalid >= 2 * self.m
+            extra["invalid_action"] = True
+        return self._observation(), float(reward), terminated, truncated, self._info(**extra)
+
+    # -- views -------------------------------------------------------------------------------------
+
+    def _observation(self) -> dict[str, Any]:
+        mask = np.zeros(len(self.pool), dtype=np.int8)
+        mask[self.chosen] = 1
+        obs: dict[str, Any] = {"chosen_mask": mask, "step": len(self.chosen)}
+        if self.observation == "embedding":
+            chosen = np.zeros((self.m, self.pool_embeddings.shape[1]), dtype=np.float32)
+            chosen[:len(self.chosen)] = self.pool_embeddings[self.chosen]
+            obs["query"] = self.query_embeddings[self.query_index].copy()
+            obs["chosen"] = chosen
+        else:
+            obs["query_index"] = self.query_index
+        return obs
+
+    def _info(self, **extra: Any) -> dict[str, Any]:
+        return {"query_index": self.query_index, "action_mask": self.action_masks(),
+                "chosen": list(self.chosen), "query_text": user_text(self.query),
+                "chosen_text": [f"{user_text(self.pool[i])}\n{self.pool[i].output}" for i in self.chosen], **extra}

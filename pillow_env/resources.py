@@ -1,0 +1,54 @@
+"""Heavy objects loaded once per process and shared by every env that asks for the same ones.
+
+A vector env of 16 sub-envs, or 5 agents benchmarked one after another, all use one LLM copy, one
+encoder, one reward engine (and so one cache): the memory problem of one-model-per-subprocess
+designs does not arise.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .backbone import Backbone
+from .data import Example, examples_fingerprint
+from .encoder import Encoder, load_encoder
+from .engine import RewardEngine
+from .prompts import user_text
+from .rewards import PillowReward
+
+__all__ = ["shared_backbone", "shared_engine", "embed_examples", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@functools.lru_cache(maxsize=4)
+def shared_backbone(model: str = DEFAULT_MODEL, adapter: str | None = None) -> Backbone:
+    return Backbone.from_pretrained(model, adapter=adapter)
+
+
+@functools.lru_cache(maxsize=8)
+def shared_engine(model: str = DEFAULT_MODEL, adapter: str | None = None, encoder: str = "minilm",
+                  max_new_tokens: int = 24, cache_path: str | None = None) -> RewardEngine:
+    """The engine for the default reward on a named model: one per distinct setting."""
+    return RewardEngine(shared_backbone(model, adapter), PillowReward(encoder=load_encoder(encoder)),
+                        max_new_tokens=max_new_tokens, cache_path=cache_path)
+
+
+_EMBEDDINGS: dict[tuple[str, str, bool], np.ndarray] = {}
+
+
+def embed_examples(encoder: Encoder, examples: Sequence[Example], *, with_output: bool) -> np.ndarray:
+    """Embeddings of examples (query side: instruction + input; pool side: plus the answer), memoised."""
+    key = (getattr(encoder, "name", repr(encoder)), examples_fingerprint(examples), with_output)
+    if key not in _EMBEDDINGS:
+        texts = [user_text(e) + ("\n" + e.output if with_output else "") for e in examples]
+        _EMBEDDINGS[key] = np.ascontiguousarray(encoder.encode(texts), dtype=np.float32)
+    return _EMBEDDINGS[key]
+
+
+def resolve_cache_path(cache_path: str | Path | None) -> str | None:
+    return None if cache_path is None else str(Path(cache_path).expanduser().resolve())
