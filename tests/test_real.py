@@ -1,5 +1,6 @@
 """Real tier: the embedded defaults (SmolLM2-135M-Instruct from its wheel, MiniLM). CI runs these."""
 
+import numpy as np
 import pytest
 
 from pillow_env import Example
@@ -51,3 +52,20 @@ def test_pillow_reward_on_minilm():
     parts = PillowReward()(["Paris", "The capital is Paris.", "bananas"], ["Paris", "Paris", "Paris"])
     assert parts["reward"][0] == pytest.approx(1.0, abs=1e-4)
     assert parts["reward"][0] > parts["reward"][1] > parts["reward"][2]
+
+
+def test_gym_make_with_no_arguments_runs_an_episode():
+    import gymnasium as gym
+
+    import pillow_env  # noqa: F401
+
+    env = gym.make("PillowMatch-v0")
+    obs, info = env.reset(seed=0)
+    assert obs["query"].shape == (384,) and len(info["action_mask"]) == 85
+    done = False
+    while not done:
+        obs, reward, terminated, truncated, info = env.step(int(np.flatnonzero(env.unwrapped.action_masks())[0]))
+        done = terminated or truncated
+    assert terminated and isinstance(info["generation"], str) and -1 <= reward <= 1
+    other = gym.make("PillowMatch-v0", split="test")
+    assert other.unwrapped.engine is env.unwrapped.engine  # one LLM, one engine per process
