@@ -149,12 +149,14 @@ class PillowMatchEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         request = self.begin_reset(seed=seed, options=options)
-        return self.end_reset(self.engine.score([request])[0] if request is not None else None)
+        info = self.end_reset(self.engine.score([request])[0] if request is not None else None)
+        return self.observe([self], single=True), info
 
     def step(self, action):
         request = self.begin_step(action)
         result = self.engine.score([request])[0] if request is not None else None
-        return self.end_step(result)
+        reward, terminated, truncated, info = self.end_step(result)
+        return self.observe([self], single=True), reward, terminated, truncated, info
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":
@@ -191,9 +193,10 @@ class PillowMatchEnv(gym.Env):
         self._step_invalid = False
         return ([], self.query) if self.dense else None
 
-    def end_reset(self, result: ScoredGeneration | None):
+    def end_reset(self, result: ScoredGeneration | None) -> dict[str, Any]:
+        """Finish :meth:`begin_reset`; returns the info (build observations with :meth:`observe`)."""
         self._previous_score = result.reward if result is not None else 0.0
-        return self._observation(), self._info()
+        return self._info()
 
     def begin_step(self, action: Any) -> Request | None:
         """Apply ``action``; return the (exemplars, query) request to score, or ``None`` if none is due."""
@@ -213,8 +216,9 @@ class PillowMatchEnv(gym.Env):
             return [self.pool[i] for i in self.chosen], self.query
         return None
 
-    def end_step(self, result: ScoredGeneration | None):
-        """Finish the step begun by :meth:`begin_step` with the engine's result (if one was due)."""
+    def end_step(self, result: ScoredGeneration | None) -> tuple[float, bool, bool, dict[str, Any]]:
+        """Finish :meth:`begin_step` with the engine's result (if one was due): reward, terminated,
+        truncated, info (build observations with :meth:`observe`)."""
         terminated = len(self.chosen) == self.m
         reward, extra = 0.0, {}
         if result is not None:
@@ -228,21 +232,33 @@ class PillowMatchEnv(gym.Env):
             reward = self.invalid_penalty
             truncated = self._invalid >= 2 * self.m
             extra["invalid_action"] = True
-        return self._observation(), float(reward), terminated, truncated, self._info(**extra)
+        return float(reward), terminated, truncated, self._info(**extra)
 
     # -- views -------------------------------------------------------------------------------------
 
-    def _observation(self) -> dict[str, Any]:
-        mask = np.zeros(len(self.pool), dtype=np.int8)
-        mask[self.chosen] = 1
-        obs: dict[str, Any] = {"chosen_mask": mask, "step": len(self.chosen)}
-        if self.observation == "embedding":
-            chosen = np.zeros((self.m, self.pool_embeddings.shape[1]), dtype=np.float32)
-            chosen[:len(self.chosen)] = self.pool_embeddings[self.chosen]
-            obs["query"] = self.query_embeddings[self.query_index].copy()
+    @staticmethod
+    def observe(envs: Sequence[PillowMatchEnv], single: bool = False) -> dict[str, Any]:
+        """Observations of same-configured envs, batched along axis 0 (or one env's, ``single``)."""
+        first = envs[0]
+        n, k = len(envs), len(first.pool)
+        chosen_mask = np.zeros((n, k), dtype=np.int8)
+        steps = np.empty(n, dtype=np.int64)
+        queries = np.empty(n, dtype=np.int64)
+        for row, env in enumerate(envs):
+            chosen_mask[row, env.chosen] = 1
+            steps[row] = len(env.chosen)
+            queries[row] = env.query_index
+        obs: dict[str, Any] = {"chosen_mask": chosen_mask, "step": steps}
+        if first.observation == "embedding":
+            chosen = np.zeros((n, first.m, first.pool_embeddings.shape[1]), dtype=np.float32)
+            for row, env in enumerate(envs):
+                chosen[row, :len(env.chosen)] = first.pool_embeddings[env.chosen]
+            obs["query"] = first.query_embeddings[queries]
             obs["chosen"] = chosen
         else:
-            obs["query_index"] = self.query_index
+            obs["query_index"] = queries
+        if single:
+            return {key: (int(v[0]) if v.ndim == 1 else v[0]) for key, v in obs.items()}
         return obs
 
     def _info(self, **extra: Any) -> dict[str, Any]:

@@ -67,13 +67,9 @@ class PillowMatchVectorEnv(VectorEnv):
             if request is not None:
                 requests[i] = request
         results = self._score(requests)
-        obs, infos = [], {}
-        for i, env in enumerate(self.envs):
-            o, info = env.end_reset(results.get(i))
-            obs.append(o)
-            infos = self._add_info(infos, info, i)
+        infos = [env.end_reset(results.get(i)) for i, env in enumerate(self.envs)]
         self._needs_reset[:] = False
-        return self._stack(obs), infos
+        return PillowMatchEnv.observe(self.envs), merge_infos(infos)
 
     def step(self, actions):
         actions = np.asarray(actions).reshape(self.num_envs)
@@ -86,24 +82,22 @@ class PillowMatchVectorEnv(VectorEnv):
                 requests[i] = request
         results = self._score(requests)
 
-        obs: list[dict[str, Any]] = []
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
-        infos: dict[str, Any] = {}
+        infos: list[dict[str, Any]] = []
         for i, env in enumerate(self.envs):
             if i in resetting:
-                o, info = env.end_reset(results.get(i))
-            else:
-                o, rewards[i], terminated[i], truncated[i], info = env.end_step(results.get(i))
-                if self.autoreset_mode == AutoresetMode.SAME_STEP and (terminated[i] or truncated[i]):
-                    final_obs, final_info = o, info
-                    o, info = env.reset()  # dense mode: one extra (cached) zero-shot lookup
-                    info = {**info, "final_obs": final_obs, "final_info": final_info}
-            obs.append(o)
-            infos = self._add_info(infos, info, i)
+                infos.append(env.end_reset(results.get(i)))
+                continue
+            rewards[i], terminated[i], truncated[i], info = env.end_step(results.get(i))
+            if self.autoreset_mode == AutoresetMode.SAME_STEP and (terminated[i] or truncated[i]):
+                final_obs = PillowMatchEnv.observe([env], single=True)
+                _, reset_info = env.reset()  # dense mode: one extra (cached) zero-shot lookup
+                info = {**reset_info, "final_obs": final_obs, "final_info": info}
+            infos.append(info)
         self._needs_reset = terminated | truncated
-        return self._stack(obs), rewards, terminated, truncated, infos
+        return PillowMatchEnv.observe(self.envs), rewards, terminated, truncated, merge_infos(infos)
 
     def action_masks(self) -> np.ndarray:
         """(num_envs, K) boolean mask of valid actions, as sb3-contrib's MaskablePPO expects."""
@@ -120,5 +114,31 @@ class PillowMatchVectorEnv(VectorEnv):
         """All due requests of this step as one engine call."""
         return dict(zip(requests, self.engine.score(list(requests.values())))) if requests else {}
 
-    def _stack(self, obs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        return {key: np.stack([o[key] for o in obs]) for key in obs[0]}
+
+def merge_infos(infos: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-env info dicts -> Gymnasium's vector layout: ``info[key]`` batched, ``info["_" + key]`` present.
+
+    Same layout as ``VectorEnv._add_info`` (``final_obs`` an object array, nested dicts merged
+    recursively), built once per key instead of once per key and env.
+    """
+    n = len(infos)
+    merged: dict[str, Any] = {}
+    for key in dict.fromkeys(k for info in infos for k in info):
+        present = np.array([key in info for info in infos])
+        values = [info.get(key) for info in infos]
+        sample = values[int(np.argmax(present))]
+        if isinstance(sample, dict):
+            array: Any = merge_infos([v if isinstance(v, dict) else {} for v in values])
+        elif key != "final_obs" and isinstance(sample, np.ndarray):
+            array = np.zeros((n, *sample.shape), dtype=sample.dtype)
+            for i in np.flatnonzero(present):
+                array[i] = values[i]
+        elif key != "final_obs" and isinstance(sample, (bool, int, float, np.number)):
+            array = np.zeros(n, dtype=type(sample))
+            array[present] = [v for v in values if v is not None]
+        else:
+            array = np.empty(n, dtype=object)
+            for i in np.flatnonzero(present):
+                array[i] = values[i]
+        merged[key], merged["_" + key] = array, present
+    return merged

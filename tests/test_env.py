@@ -41,8 +41,10 @@ def rollout(env, seed, actions_rng):
 
 
 @pytest.mark.parametrize("observation", ["embedding", "index"])
-def test_check_env_passes(make_env, observation):
-    check_env(make_env(observation=observation), skip_render_check=False)
+def test_check_env_passes(engine, hash_encoder, observation):
+    env = gym.make("PillowMatch-v0", pool=POOL, queries=QUERIES, engine=engine, encoder=hash_encoder,
+                   observation=observation, render_mode="ansi")
+    check_env(env.unwrapped, skip_render_check=False)
 
 
 def test_episode_shape_reward_and_info(make_env):
