@@ -127,7 +127,7 @@ def merge_infos(infos: list[dict[str, Any]]) -> dict[str, Any]:
         present = np.array([key in info for info in infos])
         values = [info.get(key) for info in infos]
         sample = values[int(np.argmax(present))]
-        if isinstance(sample, dict):
+        if key != "final_obs" and isinstance(sample, dict):
             array: Any = merge_infos([v if isinstance(v, dict) else {} for v in values])
         elif key != "final_obs" and isinstance(sample, np.ndarray):
             array = np.zeros((n, *sample.shape), dtype=sample.dtype)

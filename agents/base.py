@@ -1,0 +1,121 @@
+"""The agent protocol: fit within a budget, select exemplars for a query, save, load.
+
+Every agent selects through an env's state transitions (``begin_reset`` / ``begin_step``), which
+never call the LLM: selection is free, only scoring costs generations. So a kNN retriever, a random
+picker and a PPO policy are evaluated by the very same code.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+from pillow_env.env import PillowMatchEnv
+from pillow_env.vector import PillowMatchVectorEnv
+
+__all__ = ["Agent", "Budget", "unwrap"]
+
+CONFIG_NAME = "agent.json"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much a learning agent may spend: episodes and/or LLM generations (the scarce resource)."""
+
+    episodes: int | None = None
+    generations: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.episodes is None and self.generations is None:
+            raise ValueError("Budget needs episodes or generations (or both)")
+        for name in ("episodes", "generations"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"Budget.{name} must be >= 1, got {value}")
+
+    def exhausted(self, episodes: int, generations: int) -> bool:
+        return ((self.episodes is not None and episodes >= self.episodes)
+                or (self.generations is not None and generations >= self.generations))
+
+
+def unwrap(env: gym.Env | gym.vector.VectorEnv) -> PillowMatchEnv | PillowMatchVectorEnv:
+    base = getattr(env, "unwrapped", env)
+    if not isinstance(base, (PillowMatchEnv, PillowMatchVectorEnv)):
+        raise TypeError(f"expected a PillowMatch-v0 env or vector env, got {type(base).__name__}")
+    return base
+
+
+class Agent(ABC):
+    """Base class. Subclasses set ``name`` and implement :meth:`select`; learners also :meth:`fit`."""
+
+    name: ClassVar[str]
+    learns: ClassVar[bool] = False
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments, saved as JSON so :meth:`load` can rebuild the agent."""
+        return {}
+
+    def fit(self, env: gym.Env | gym.vector.VectorEnv, budget: Budget | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Learn from ``env`` within ``budget``; returns a training log. Non-learners only prepare."""
+        self.prepare(unwrap(env))
+        return {}
+
+    def prepare(self, env: PillowMatchEnv | PillowMatchVectorEnv) -> None:
+        """Hook for agents that precompute something from the pool (kNN, BM25)."""
+
+    @abstractmethod
+    def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
+        """Pool indices of the exemplars for ``env.queries[query_index]`` (``env.m`` of them, or none)."""
+
+    def select_many(self, env: PillowMatchEnv, query_indices: list[int]) -> list[list[int]]:
+        return [self.select(env, i) for i in query_indices]
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_NAME).write_text(json.dumps({"agent": self.name, "config": self.config()}, indent=2))
+        self._save_weights(path)
+        return path
+
+    def _save_weights(self, path: Path) -> None:
+        """Learners write their weights here (safetensors or the algorithm's own zip)."""
+
+    @classmethod
+    def load(cls, path: str | Path) -> Agent:
+        """Rebuild a saved agent (any registered kind: ``Agent.load`` dispatches on the saved name)."""
+        from .registry import AGENTS
+
+        path = Path(path)
+        record = json.loads((path / CONFIG_NAME).read_text())
+        agent_cls = AGENTS.get(record.get("agent"))
+        if agent_cls is None:
+            raise ValueError(f"{path / CONFIG_NAME}: unknown agent {record.get('agent')!r}")
+        agent = agent_cls(**record["config"])
+        agent._load_weights(path)
+        return agent
+
+    def _load_weights(self, path: Path) -> None:
+        """Learners read their weights here."""
+
+
+def greedy_rollout(env: PillowMatchEnv, query_index: int, scores_fn) -> list[int]:
+    """Select ``m`` indices by repeatedly taking the best-scored valid action (no LLM call).
+
+    ``scores_fn(obs) -> (K,) array`` scores every pool entry for the current state.
+    """
+    env.begin_reset(options={"query_index": query_index})
+    picks: list[int] = []
+    for _ in range(env.m):
+        obs = PillowMatchEnv.observe([env], single=True)
+        scores = np.asarray(scores_fn(obs), dtype=np.float64).copy()
+        scores[~env.action_masks()] = -np.inf
+        action = int(np.argmax(scores))
+        env.begin_step(action)
+        picks.append(action)
+    return picks

@@ -1,0 +1,61 @@
+"""PILLOW's matching network: a prompt MLP and a state MLP whose dot products score the pool.
+
+``logits[k] = <state_mlp(state), prompt_mlp(prompt_k)> / temperature``, masked to the prompts not
+chosen yet, then a softmax. The state is the query embedding, the mean embedding of the prompts
+chosen so far, and the step. Both MLPs are residual with a zero-initialised output layer when
+``knn_init`` is set: the untrained network then scores exactly by query-prompt cosine (kNN), and
+RL only has to learn the corrections.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["MatchingNetwork"]
+
+
+class _Residual(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, zero_init: bool) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+        if zero_init:
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MatchingNetwork(nn.Module):
+    """Scores every pool prompt for a batch of states.
+
+    Args:
+        prompts: (K, d) prompt embeddings (stored as a buffer, saved with the weights).
+        m: exemplars per episode (the step is one-hot encoded over ``m + 1`` values).
+        hidden: width of both MLPs.
+        temperature: softmax temperature on the dot products (cosines at init).
+        knn_init: start as a kNN ranker (see module docstring).
+    """
+
+    def __init__(self, prompts: torch.Tensor, m: int, hidden: int = 256, temperature: float = 0.1,
+                 knn_init: bool = True) -> None:
+        super().__init__()
+        k, d = prompts.shape
+        self.m, self.temperature = m, temperature
+        self.register_buffer("prompts", prompts.detach().float().clone())
+        self.prompt_mlp = _Residual(d, d, hidden, knn_init)
+        self.state_mlp = _Residual(2 * d + m + 1, d, hidden, knn_init)
+
+    def forward(self, query: torch.Tensor, chosen: torch.Tensor, step: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, K); ``mask`` (B, K) True where a prompt may still be chosen."""
+        n_chosen = step.clamp(min=1).unsqueeze(-1).float()
+        chosen_mean = chosen.sum(1) / n_chosen
+        step_onehot = nn.functional.one_hot(step.long(), self.m + 1).float()
+        state = query + self.state_mlp(torch.cat([query, chosen_mean, step_onehot], dim=-1))
+        keys = self.prompts + self.prompt_mlp(self.prompts)
+        logits = state @ keys.T / self.temperature
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf"))
+        return logits

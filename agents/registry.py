@@ -1,0 +1,34 @@
+"""One word per agent: ``make_agent("ppo")``, ``make_agent("knn")``, ..."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from .base import Agent
+from .baselines import BM25Agent, KNNAgent, RandomAgent, ZeroShotAgent
+from .reinforce import ReinforceAgent
+from .sb3 import ALGORITHMS, SB3Agent
+
+__all__ = ["AGENTS", "make_agent", "agent_names"]
+
+AGENTS: dict[str, Callable[..., Agent]] = {
+    "zero_shot": ZeroShotAgent,
+    "random": RandomAgent,
+    "knn": KNNAgent,
+    "bm25": BM25Agent,
+    "reinforce": ReinforceAgent,
+    **{algo: partial(SB3Agent, algo=algo) for algo in ALGORITHMS},
+}
+
+
+def agent_names() -> list[str]:
+    return list(AGENTS)
+
+
+def make_agent(name: str, **kwargs: Any) -> Agent:
+    """Build a registered agent by name; unknown names list the valid ones."""
+    if name not in AGENTS:
+        raise ValueError(f"unknown agent {name!r}; valid agents: {', '.join(AGENTS)}")
+    return AGENTS[name](**kwargs)

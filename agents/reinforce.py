@@ -1,0 +1,174 @@
+"""REINFORCE on the matching network, batched through the vector env. Read it top to bottom."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from pillow_env.data import examples_fingerprint
+from pillow_env.env import PillowMatchEnv
+from pillow_env.resources import embed_examples
+from pillow_env.vector import PillowMatchVectorEnv
+
+from .base import Agent, Budget, greedy_rollout, unwrap
+from .matching import MatchingNetwork
+
+__all__ = ["ReinforceAgent"]
+
+WEIGHTS_NAME = "matching_network.safetensors"
+
+
+def _tensors(obs: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (torch.as_tensor(obs["query"]), torch.as_tensor(obs["chosen"]),
+            torch.as_tensor(np.asarray(obs["step"]).reshape(-1)))
+
+
+class ReinforceAgent(Agent):
+    """The paper's matching network trained with REINFORCE.
+
+    Args:
+        hidden, temperature, knn_init: see :class:`~agents.matching.MatchingNetwork`.
+        lr: Adam learning rate.
+        entropy_coef: weight of the entropy bonus (keeps exploring).
+        baseline_decay: the baseline is an exponential moving average of episode returns with this decay.
+        max_grad_norm: gradient clipping.
+        seed: seeds the network init and the action sampling.
+    """
+
+    name = "reinforce"
+    learns = True
+
+    def __init__(self, hidden: int = 256, temperature: float = 0.1, knn_init: bool = True, lr: float = 3e-4,
+                 entropy_coef: float = 0.01, baseline_decay: float = 0.9, max_grad_norm: float = 1.0,
+                 seed: int = 0, pool_fingerprint: str | None = None) -> None:
+        self.hidden, self.temperature, self.knn_init = hidden, temperature, knn_init
+        self.lr, self.entropy_coef, self.baseline_decay = lr, entropy_coef, baseline_decay
+        self.max_grad_norm, self.seed = max_grad_norm, seed
+        self.pool_fingerprint = pool_fingerprint
+        self.net: MatchingNetwork | None = None
+        self.history: list[dict[str, float]] = []
+
+    def config(self) -> dict[str, Any]:
+        return {"hidden": self.hidden, "temperature": self.temperature, "knn_init": self.knn_init, "lr": self.lr,
+                "entropy_coef": self.entropy_coef, "baseline_decay": self.baseline_decay,
+                "max_grad_norm": self.max_grad_norm, "seed": self.seed, "pool_fingerprint": self.pool_fingerprint}
+
+    def prepare(self, env: PillowMatchEnv | PillowMatchVectorEnv) -> None:
+        single = env.envs[0] if isinstance(env, PillowMatchVectorEnv) else env
+        fingerprint = examples_fingerprint(single.pool)
+        if self.net is not None:
+            if fingerprint != self.pool_fingerprint:
+                raise ValueError("this agent was trained on a different exemplar pool "
+                                 f"(fingerprint {self.pool_fingerprint}, env has {fingerprint})")
+            return
+        torch.manual_seed(self.seed)
+        keys = torch.as_tensor(embed_examples(single.encoder, single.pool, with_output=False))
+        self.net = MatchingNetwork(keys, single.m, self.hidden, self.temperature, self.knn_init)
+        self.pool_fingerprint = fingerprint
+
+    def fit(self, env, budget: Budget | None = None, *, tensorboard: str | Path | None = None,
+            progress: bool = True, **kwargs: Any) -> dict[str, Any]:
+        venv = unwrap(env)
+        if not isinstance(venv, PillowMatchVectorEnv):
+            raise TypeError("ReinforceAgent.fit needs the vector env: "
+                            "gym.make_vec('PillowMatch-v0', num_envs=N, vectorization_mode='vector_entry_point')")
+        if venv.envs[0].dense:
+            raise ValueError("ReinforceAgent uses the episode return; use the default sparse reward (dense=False)")
+        budget = budget or Budget(episodes=1000)
+        self.prepare(venv)
+        assert self.net is not None
+        net, engine, m = self.net.train(), venv.engine, venv.envs[0].m
+        optimizer = torch.optim.Adam(net.parameters(), lr=self.lr)
+        sampler = torch.Generator().manual_seed(self.seed)
+        writer = _summary_writer(tensorboard)
+        start_generations, start_hits = engine.stats.generations, engine.stats.cache_hits
+        baseline: float | None = None
+        episodes = generations = 0
+        bar = tqdm(total=budget.episodes or budget.generations, disable=not progress,
+                   desc="reinforce", unit="episode" if budget.episodes else "generation")
+        obs, _ = venv.reset(seed=self.seed)
+        while not budget.exhausted(episodes, generations):
+            # 1. Roll out one batch of episodes: m sampled actions per env.
+            log_probs, entropies = [], []
+            returns = np.zeros(venv.num_envs)
+            for _ in range(m):
+                logits = net(*_tensors(obs), torch.as_tensor(venv.action_masks()))
+                probs = torch.softmax(logits, dim=-1)
+                actions = torch.multinomial(probs, 1, generator=sampler).squeeze(1)
+                log_probs.append(torch.log(probs.gather(1, actions[:, None]).squeeze(1)))
+                entropies.append(-(probs * torch.log(probs.clamp_min(1e-12))).sum(-1))
+                obs, rewards, terminated, _, _ = venv.step(actions.numpy())
+                returns += rewards
+            assert terminated.all()
+            obs, _ = venv.reset()
+
+            # 2. Policy gradient with a moving-average baseline and an entropy bonus.
+            mean_return = float(returns.mean())
+            baseline = mean_return if baseline is None else baseline
+            advantages = torch.as_tensor(returns - baseline, dtype=torch.float32)
+            entropy = torch.stack(entropies).mean()
+            loss = -(advantages * torch.stack(log_probs).sum(0)).mean() - self.entropy_coef * entropy
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), self.max_grad_norm)
+            optimizer.step()
+            baseline = self.baseline_decay * baseline + (1 - self.baseline_decay) * mean_return
+
+            # 3. Bookkeeping: budget, progress, TensorBoard scalars.
+            episodes += venv.num_envs
+            new_generations = engine.stats.generations - start_generations
+            bar.update(venv.num_envs if budget.episodes else new_generations - generations)
+            generations = new_generations
+            record = {"episodes": episodes, "generations": generations, "reward": mean_return,
+                      "entropy": entropy.item(), "cache_hits": engine.stats.cache_hits - start_hits,
+                      "loss": loss.item()}
+            self.history.append(record)
+            bar.set_postfix(reward=f"{mean_return:.3f}", entropy=f"{entropy.item():.2f}")
+            if writer is not None:
+                for key in ("reward", "entropy", "generations", "cache_hits", "loss"):
+                    writer.add_scalar(f"reinforce/{key}", record[key], episodes)
+        bar.close()
+        if writer is not None:
+            writer.close()
+        net.eval()
+        return {"episodes": episodes, "generations": generations, "history": self.history}
+
+    @torch.no_grad()
+    def scores(self, obs: dict[str, Any]) -> np.ndarray:
+        assert self.net is not None
+        query, chosen, step = _tensors({k: np.asarray(v)[None] for k, v in obs.items()})
+        return self.net.eval()(query, chosen, step)[0].numpy()
+
+    def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
+        self.prepare(env)
+        return greedy_rollout(env, query_index, self.scores)
+
+    def _save_weights(self, path: Path) -> None:
+        if self.net is None:
+            raise ValueError("nothing to save: fit or prepare the agent first")
+        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(path / WEIGHTS_NAME))
+        (path / "history.json").write_text(json.dumps(self.history))
+
+    def _load_weights(self, path: Path) -> None:
+        state = load_file(str(path / WEIGHTS_NAME))
+        prompts = state["prompts"]
+        m = state["state_mlp.net.0.weight"].shape[1] - 2 * prompts.shape[1] - 1
+        self.net = MatchingNetwork(prompts, m, self.hidden, self.temperature, self.knn_init)
+        self.net.load_state_dict(state)
+        self.net.eval()
+        history = path / "history.json"
+        self.history = json.loads(history.read_text()) if history.is_file() else []
+
+
+def _summary_writer(logdir: str | Path | None):
+    if logdir is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(logdir))

@@ -1,0 +1,289 @@
+"""Stable-Baselines3 (and sb3-contrib) algorithms on PillowMatch-v0, one batched LLM call per step.
+
+:class:`SB3VecEnv` exposes our vector env as an SB3 ``VecEnv`` (no subprocesses, no model copies);
+:class:`SB3Agent` trains any supported algorithm on it with SB3's own callbacks, logging and
+save/load. ``policy="matching"`` swaps the action head for PILLOW's matching network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+from sb3_contrib.common.maskable.policies import MaskableMultiInputActorCriticPolicy
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.vec_env import VecEnv, VecMonitor
+from torch import nn
+from tqdm import tqdm
+
+from pillow_env.env import PillowMatchEnv
+from pillow_env.resources import embed_examples
+from pillow_env.vector import PillowMatchVectorEnv
+
+from .base import Agent, Budget, greedy_rollout, unwrap
+
+__all__ = ["SB3VecEnv", "SB3Agent", "MatchingPolicy", "MaskableMatchingPolicy", "ALGORITHMS"]
+
+
+def _algorithms() -> dict[str, type]:
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import A2C, DQN, PPO
+
+    return {"ppo": PPO, "a2c": A2C, "dqn": DQN, "maskable_ppo": MaskablePPO}
+
+
+ALGORITHMS = ("ppo", "a2c", "dqn", "maskable_ppo")
+
+
+class SB3VecEnv(VecEnv):
+    """SB3's ``VecEnv`` over a :class:`PillowMatchVectorEnv` (switched to SAME_STEP autoreset)."""
+
+    def __init__(self, venv: PillowMatchVectorEnv) -> None:
+        venv.autoreset_mode = AutoresetMode.SAME_STEP  # SB3 expects reset-on-done with terminal_observation
+        venv.metadata = {**venv.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
+        self.venv = venv
+        super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
+        self._actions: np.ndarray | None = None
+
+    def reset(self) -> dict[str, np.ndarray]:
+        seeds = list(self._seeds) if any(s is not None for s in self._seeds) else None
+        obs, _ = self.venv.reset(seed=seeds)
+        self._reset_seeds()
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions)
+
+    def step_wait(self):
+        obs, rewards, terminated, truncated, infos = self.venv.step(self._actions)
+        dones = terminated | truncated
+        out: list[dict[str, Any]] = []
+        for i in range(self.num_envs):
+            info: dict[str, Any] = {}
+            if dones[i]:
+                info["terminal_observation"] = infos["final_obs"][i]
+                info["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+                final = infos["final_info"]
+                if final.get("_score", np.zeros(self.num_envs, bool))[i]:
+                    info["score"] = float(final["score"][i])
+            out.append(info)
+        return obs, rewards.astype(np.float32), dones, out
+
+    def close(self) -> None:
+        self.venv.close()
+
+    def _targets(self, indices) -> list[PillowMatchEnv]:
+        return [self.venv.envs[i] for i in self._get_indices(indices)]
+
+    def get_attr(self, attr_name: str, indices=None) -> list[Any]:
+        return [getattr(env, attr_name) for env in self._targets(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        for env in self._targets(indices):
+            setattr(env, attr_name, value)
+
+    def env_method(self, method_name: str, *args, indices=None, **kwargs) -> list[Any]:
+        return [getattr(env, method_name)(*args, **kwargs) for env in self._targets(indices)]
+
+    def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
+        return [False] * len(self._get_indices(indices))
+
+
+class _BudgetCallback(BaseCallback):
+    """Stops training when the generation budget is spent; logs generations and cache hits; tqdm bar."""
+
+    def __init__(self, engine, budget: Budget, m: int, progress: bool) -> None:
+        super().__init__()
+        self.engine, self.budget, self.m, self.progress = engine, budget, m, progress
+        self.start_generations = engine.stats.generations
+        self.start_hits = engine.stats.cache_hits
+        self.history: list[dict[str, float]] = []
+        self._returns: list[float] = []
+
+    def _on_training_start(self) -> None:
+        total = self.budget.episodes or self.budget.generations
+        self.bar = tqdm(total=total, desc=type(self.model).__name__.lower(), disable=not self.progress,
+                        unit="episode" if self.budget.episodes else "generation")
+
+    def _on_step(self) -> bool:
+        generations = self.engine.stats.generations - self.start_generations
+        episodes = self.num_timesteps // self.m
+        for info in self.locals.get("infos", []):
+            if "episode" in info:
+                self._returns.append(float(info["episode"]["r"]))
+        if len(self._returns) >= self.training_env.num_envs:
+            reward = float(np.mean(self._returns))
+            self.history.append({"episodes": episodes, "generations": generations, "reward": reward})
+            self._returns = []
+        self.logger.record("pillow/generations", generations)
+        self.logger.record("pillow/cache_hits", self.engine.stats.cache_hits - self.start_hits)
+        done = self.budget.episodes if self.budget.episodes else generations
+        self.bar.n = min(done if self.budget.generations is None else generations, self.bar.total)
+        self.bar.refresh()
+        return not self.budget.exhausted(episodes, generations)
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+class _MatchingFeatures(BaseFeaturesExtractor):
+    """[query, mean of chosen embeddings, one-hot step]: the matching network's state input."""
+
+    def __init__(self, observation_space: gym.spaces.Dict) -> None:
+        d = observation_space["query"].shape[0]
+        self.m = observation_space["chosen"].shape[0]
+        super().__init__(observation_space, features_dim=2 * d + self.m + 1)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        step = obs["step"]  # SB3 one-hot encodes Discrete observations
+        n_chosen = step.argmax(-1, keepdim=True).clamp(min=1).float()
+        return torch.cat([obs["query"], obs["chosen"].sum(1) / n_chosen, step], dim=-1)
+
+
+class _MatchingHead(nn.Module):
+    def __init__(self, prompts: torch.Tensor, d: int, features_dim: int, hidden: int, temperature: float) -> None:
+        super().__init__()
+        self.d, self.temperature = d, temperature
+        self.register_buffer("prompts", prompts.float().clone())
+        self.prompt_mlp = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d))
+        self.state_mlp = nn.Sequential(nn.Linear(features_dim, hidden), nn.ReLU(), nn.Linear(hidden, d))
+        for mlp in (self.prompt_mlp, self.state_mlp):  # start as kNN: residual corrections at zero
+            nn.init.zeros_(mlp[-1].weight)
+            nn.init.zeros_(mlp[-1].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        state = features[:, :self.d] + self.state_mlp(features)
+        keys = self.prompts + self.prompt_mlp(self.prompts)
+        return state @ keys.T / self.temperature
+
+
+class _MatchingHeadMixin:
+    """Replaces an actor-critic policy's action head by PILLOW's matching network.
+
+    Pass ``prompts`` (K, d pool embeddings) through ``policy_kwargs``; the critic stays a plain MLP.
+    """
+
+    def __init__(self, *args: Any, prompts: torch.Tensor, hidden: int = 256, temperature: float = 0.1,
+                 **kwargs: Any) -> None:
+        self._prompts, self._hidden, self._temperature = torch.as_tensor(prompts), hidden, temperature
+        kwargs.setdefault("features_extractor_class", _MatchingFeatures)
+        kwargs.setdefault("net_arch", {"pi": [], "vf": [64, 64]})
+        super().__init__(*args, **kwargs)
+
+    def _build(self, lr_schedule) -> None:
+        super()._build(lr_schedule)
+        self.action_net = _MatchingHead(self._prompts, self._prompts.shape[1], self.features_dim, self._hidden,
+                                        self._temperature)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+
+class MatchingPolicy(_MatchingHeadMixin, MultiInputActorCriticPolicy):
+    """PPO / A2C policy with the matching network as action head."""
+
+
+class MaskableMatchingPolicy(_MatchingHeadMixin, MaskableMultiInputActorCriticPolicy):
+    """MaskablePPO policy with the matching network as action head."""
+
+
+def _defaults(algo: str, num_envs: int, m: int) -> dict[str, Any]:
+    """Settings sized for expensive steps: short rollouts of whole episodes, small batches."""
+    if algo in ("ppo", "maskable_ppo"):
+        n_steps = 4 * m
+        return {"n_steps": n_steps, "batch_size": min(64, n_steps * num_envs), "n_epochs": 4, "learning_rate": 3e-4,
+                "ent_coef": 0.01, "gamma": 1.0, "gae_lambda": 1.0}
+    if algo == "a2c":
+        return {"n_steps": m, "learning_rate": 7e-4, "ent_coef": 0.01, "gamma": 1.0}
+    return {"learning_starts": 4 * num_envs * m, "buffer_size": 20_000, "batch_size": 32, "train_freq": 1,
+            "gradient_steps": 1, "target_update_interval": 50, "exploration_fraction": 0.3, "gamma": 1.0}
+
+
+class SB3Agent(Agent):
+    """Any SB3 algorithm on PillowMatch-v0: ``"ppo"``, ``"a2c"``, ``"dqn"``, ``"maskable_ppo"``.
+
+    Args:
+        algo: the algorithm.
+        policy: ``"MultiInputPolicy"`` (SB3's default for Dict observations) or ``"matching"``
+            (:class:`MatchingPolicy`; actor-critic algorithms only).
+        seed: SB3 seed.
+        algo_kwargs: overrides of our defaults (see ``_defaults``), passed to the algorithm.
+    """
+
+    learns = True
+
+    def __init__(self, algo: str = "ppo", policy: str = "MultiInputPolicy", seed: int = 0,
+                 algo_kwargs: dict[str, Any] | None = None) -> None:
+        if algo not in ALGORITHMS:
+            raise ValueError(f"unknown SB3 algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
+        if policy == "matching" and algo == "dqn":
+            raise ValueError("policy='matching' needs an actor-critic algorithm (ppo, a2c, maskable_ppo), not dqn")
+        self.algo, self.policy, self.seed = algo, policy, seed
+        self.algo_kwargs = dict(algo_kwargs or {})
+        self.model = None
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.algo
+
+    def config(self) -> dict[str, Any]:
+        return {"algo": self.algo, "policy": self.policy, "seed": self.seed, "algo_kwargs": self.algo_kwargs}
+
+    def fit(self, env, budget: Budget | None = None, *, tensorboard: str | Path | None = None,
+            progress: bool = True, **kwargs: Any) -> dict[str, Any]:
+        venv = unwrap(env)
+        if not isinstance(venv, PillowMatchVectorEnv):
+            raise TypeError("SB3Agent.fit needs the vector env (gym.make_vec(..., vectorization_mode="
+                            "'vector_entry_point'))")
+        if venv.envs[0].observation != "embedding":
+            raise ValueError("SB3 agents need observation='embedding'")
+        budget = budget or Budget(episodes=1000)
+        m = venv.envs[0].m
+        vec_env = VecMonitor(SB3VecEnv(venv))
+        vec_env.seed(self.seed)
+        policy: Any = self.policy
+        settings = {**_defaults(self.algo, venv.num_envs, m), **self.algo_kwargs}
+        if self.policy == "matching":
+            policy = MaskableMatchingPolicy if self.algo == "maskable_ppo" else MatchingPolicy
+            prompts = embed_examples(venv.envs[0].encoder, venv.envs[0].pool, with_output=False)
+            settings["policy_kwargs"] = {**settings.get("policy_kwargs", {}), "prompts": torch.as_tensor(prompts)}
+        if self.model is None:
+            self.model = _algorithms()[self.algo](policy, vec_env, seed=self.seed, verbose=0,
+                                                  tensorboard_log=None if tensorboard is None else str(tensorboard),
+                                                  **settings)
+        else:
+            self.model.set_env(vec_env)
+        callback = _BudgetCallback(venv.engine, budget, m, progress)
+        # Timesteps are a ceiling only; the callback stops at the budget.
+        total = (budget.episodes or budget.generations or 0) * m * 2 + venv.num_envs * m * 8
+        self.model.learn(total_timesteps=total, callback=callback, tb_log_name=self.algo)
+        self.history = callback.history
+        return {"episodes": self.model.num_timesteps // m,
+                "generations": venv.engine.stats.generations - callback.start_generations, "history": self.history}
+
+    @torch.no_grad()
+    def scores(self, obs: dict[str, Any]) -> np.ndarray:
+        """A score per pool entry for one observation: action probabilities, or Q-values for DQN."""
+        assert self.model is not None, "fit or load the agent first"
+        tensor, _ = self.model.policy.obs_to_tensor({k: np.asarray(v) for k, v in obs.items()})
+        if self.algo == "dqn":
+            return self.model.q_net(tensor)[0].cpu().numpy()
+        return self.model.policy.get_distribution(tensor).distribution.logits[0].cpu().numpy()
+
+    def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
+        return greedy_rollout(env, query_index, self.scores)
+
+    def _save_weights(self, path: Path) -> None:
+        if self.model is None:
+            raise ValueError("nothing to save: fit the agent first")
+        self.model.save(path / "model.zip")
+
+    def _load_weights(self, path: Path) -> None:
+        policy_class = MaskableMatchingPolicy if self.algo == "maskable_ppo" else MatchingPolicy
+        custom = {"policy_class": policy_class} if self.policy == "matching" else None
+        self.model = _algorithms()[self.algo].load(path / "model.zip", device="cpu", custom_objects=custom)

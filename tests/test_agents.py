@@ -1,0 +1,137 @@
+import json
+
+import numpy as np
+import pytest
+
+from agents import AGENTS, Agent, Budget, ReinforceAgent, SB3Agent, evaluate, make_agent
+from pillow_env import Example, builtin_suite
+from pillow_env.engine import RewardEngine
+from pillow_env.env import PillowMatchEnv
+from pillow_env.rewards import PillowReward
+from pillow_env.vector import PillowMatchVectorEnv
+
+SUITE = builtin_suite(0)
+POOL, TRAIN, TEST = SUITE.pool[:10], SUITE.train[:16], SUITE.test[:8]
+
+
+@pytest.fixture
+def engine(tiny_backbone, hash_encoder):
+    return RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), max_new_tokens=3)
+
+
+def vec(engine, encoder, n=4, **kwargs):
+    return PillowMatchVectorEnv(n, pool=POOL, queries=TRAIN, engine=engine, encoder=encoder, **kwargs)
+
+
+def single(engine, encoder, queries=TEST):
+    return PillowMatchEnv(POOL, queries, engine=engine, encoder=encoder)
+
+
+def test_unknown_agent_lists_valid_names():
+    with pytest.raises(ValueError, match="valid agents: zero_shot, random, knn, bm25, reinforce, ppo"):
+        make_agent("sac")
+
+
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_every_agent_fits_selects_saves_and_loads(name, engine, hash_encoder, tmp_path):
+    agent = make_agent(name)
+    log = agent.fit(vec(engine, hash_encoder), Budget(episodes=16), progress=False)
+    env = single(engine, hash_encoder)
+    picks = agent.select_many(env, list(range(len(TEST))))
+    for sel in picks:
+        assert len(sel) == (0 if name == "zero_shot" else 2) and len(set(sel)) == len(sel)
+        assert all(0 <= a < len(POOL) for a in sel)
+    if agent.learns:
+        assert log["episodes"] >= 16 and log["generations"] >= 1
+    agent.save(tmp_path / name)
+    loaded = Agent.load(tmp_path / name)
+    assert loaded.name == name
+    if name != "random":  # random draws anew on every call by design
+        assert loaded.select_many(env, list(range(len(TEST)))) == picks
+    result = evaluate(loaded, env, progress=False)
+    assert len(result.per_query) == len(TEST) and -1 <= result.means["reward"] <= 1
+    assert {"selection", "generation", "reference", "rouge_l", "semantic"} <= set(result.per_query[0])
+
+
+def test_knn_and_bm25_prefer_the_same_task(engine, hash_encoder):
+    env = PillowMatchEnv(SUITE.pool, SUITE.test, engine=engine, encoder=hash_encoder)
+    pool = env.pool
+    for name in ("knn", "bm25"):
+        agent = make_agent(name)
+        same = [pool[a].task == env.queries[i].task for i in range(60) for a in agent.select(env, i)]
+        assert np.mean(same) > 0.5, name
+
+
+class StubGenerator:
+    """Answers well only when the prompt holds the best pair of exemplars for the query's class."""
+
+    fingerprint = "stub"
+
+    def __init__(self, best):
+        self.best = best
+        self.renderer = self
+
+    def render(self, exemplars, query):
+        return json.dumps({"ex": sorted(e.input for e in exemplars), "cls": query.metadata["cls"]})
+
+    def generate(self, prompts, max_new_tokens=0, *, batch_size=0, stop=()):
+        out = []
+        for p in prompts:
+            d = json.loads(p)
+            out.append(["bad", "half", "good"][len(set(d["ex"]) & self.best[d["cls"]])])
+        return out
+
+    def count_tokens(self, texts):
+        return [len(t.split()) for t in texts]
+
+
+def stub_reward(predictions, references):
+    return np.array([{"good": 1.0, "half": 0.3, "bad": 0.0}[p] for p in predictions])
+
+
+def test_reinforce_learns_the_best_pair_per_query_class(hash_encoder):
+    pool = [Example(f"Example number {k}.", f"p{k}", f"answer {k}") for k in range(12)]
+    best = {"fr": {"p3", "p7"}, "sum": {"p1", "p10"}}
+    words = ["cat", "dog", "house", "tree", "car", "book", "sun", "moon"]
+    queries = ([Example("Translate the word into French.", w, "x", {"cls": "fr"}) for w in words]
+               + [Example("Add the two numbers together.", f"{a} + {a + 3}", "y", {"cls": "sum"}) for a in range(8)])
+    engine = RewardEngine(StubGenerator(best), stub_reward)
+    venv = PillowMatchVectorEnv(16, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
+    agent = ReinforceAgent(lr=3e-3, temperature=0.2, entropy_coef=0.001, seed=0)
+    log = agent.fit(venv, Budget(episodes=2400), progress=False)
+    env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
+    optimal = [{pool[a].input for a in agent.select(env, i)} == best[q.metadata["cls"]]
+               for i, q in enumerate(queries)]
+    assert np.mean(optimal) >= 0.9, f"optimal selections {np.mean(optimal):.2f}; last rewards {log['history'][-3:]}"
+    assert log["history"][-1]["reward"] > log["history"][0]["reward"]
+
+
+def test_reinforce_is_reproducible(engine, hash_encoder):
+    logs = [ReinforceAgent(seed=3).fit(vec(engine, hash_encoder), Budget(episodes=16), progress=False)
+            for _ in range(2)]
+    assert [h["reward"] for h in logs[0]["history"]] == [h["reward"] for h in logs[1]["history"]]
+
+
+@pytest.mark.parametrize("algo", ["ppo", "maskable_ppo"])
+def test_sb3_trains_through_batched_generations(algo, tiny_backbone, hash_encoder):
+    engine = RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), max_new_tokens=3)
+    agent = SB3Agent(algo)
+    log = agent.fit(vec(engine, hash_encoder, n=4), Budget(episodes=32), progress=False)
+    assert engine.stats.max_batch > 1 and engine.stats.generate_calls < engine.stats.generations
+    assert log["episodes"] >= 32
+
+
+def test_matching_policy_head_trains(engine, hash_encoder, tmp_path):
+    agent = SB3Agent("maskable_ppo", policy="matching")
+    agent.fit(vec(engine, hash_encoder), Budget(episodes=16), progress=False)
+    env = single(engine, hash_encoder)
+    picks = agent.select_many(env, [0, 1, 2])
+    agent.save(tmp_path / "m")
+    assert Agent.load(tmp_path / "m").select_many(env, [0, 1, 2]) == picks
+    with pytest.raises(ValueError, match="actor-critic"):
+        SB3Agent("dqn", policy="matching")
+
+
+def test_generation_budget_is_respected(engine, hash_encoder):
+    log = ReinforceAgent().fit(vec(engine, hash_encoder), Budget(generations=10), progress=False)
+    assert 10 <= log["generations"] <= 10 + 4
