@@ -141,7 +141,7 @@ class _MatchingFeatures(BaseFeaturesExtractor):
         super().__init__(observation_space, features_dim=2 * d + self.m + 1)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        step = obs["step"]  # SB3 one-hot encodes Discrete observations
+        step = obs["step"].reshape(obs["query"].shape[0], -1)  # SB3 one-hot encodes Discrete observations
         n_chosen = step.argmax(-1, keepdim=True).clamp(min=1).float()
         return torch.cat([obs["query"], obs["chosen"].sum(1) / n_chosen, step], dim=-1)
 
@@ -200,7 +200,8 @@ def _defaults(algo: str, num_envs: int, m: int) -> dict[str, Any]:
     if algo == "a2c":
         return {"n_steps": m, "learning_rate": 7e-4, "ent_coef": 0.01, "gamma": 1.0}
     return {"learning_starts": 4 * num_envs * m, "buffer_size": 20_000, "batch_size": 32, "train_freq": 1,
-            "gradient_steps": 1, "target_update_interval": 50, "exploration_fraction": 0.3, "gamma": 1.0}
+            "gradient_steps": 1, "learning_rate": 1e-3, "target_update_interval": num_envs,
+            "exploration_fraction": 0.3, "exploration_final_eps": 0.02, "gamma": 1.0}
 
 
 class SB3Agent(Agent):
