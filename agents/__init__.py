@@ -8,10 +8,10 @@ from .base import Agent, Budget
 from .baselines import BM25Agent, KNNAgent, RandomAgent, ZeroShotAgent
 from .evaluation import Evaluation, evaluate
 from .matching import MatchingNetwork
-from .registry import AGENTS, agent_names, make_agent
+from .registry import AGENTS, agent_names, make_agent, make_seeded_agent
 from .reinforce import ReinforceAgent
 from .sb3 import MatchingPolicy, SB3Agent, SB3VecEnv
 
 __all__ = ["AGENTS", "Agent", "BM25Agent", "Budget", "Evaluation", "KNNAgent", "MatchingNetwork",
            "MatchingPolicy", "RandomAgent", "ReinforceAgent", "SB3Agent", "SB3VecEnv", "ZeroShotAgent",
-           "agent_names", "evaluate", "make_agent"]
+           "agent_names", "evaluate", "make_agent", "make_seeded_agent"]

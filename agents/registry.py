@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+import inspect
 from functools import partial
 from typing import Any
 
@@ -11,7 +12,7 @@ from .baselines import BM25Agent, KNNAgent, RandomAgent, ZeroShotAgent
 from .reinforce import ReinforceAgent
 from .sb3 import ALGORITHMS, SB3Agent
 
-__all__ = ["AGENTS", "make_agent", "agent_names"]
+__all__ = ["AGENTS", "make_agent", "make_seeded_agent", "agent_names"]
 
 AGENTS: dict[str, Callable[..., Agent]] = {
     "zero_shot": ZeroShotAgent,
@@ -32,3 +33,11 @@ def make_agent(name: str, **kwargs: Any) -> Agent:
     if name not in AGENTS:
         raise ValueError(f"unknown agent {name!r}; valid agents: {', '.join(AGENTS)}")
     return AGENTS[name](**kwargs)
+
+
+def make_seeded_agent(name: str, seed: int) -> Agent:
+    """``make_agent(name, seed=seed)`` for agents that take a seed, ``make_agent(name)`` for the rest."""
+    if name not in AGENTS:
+        return make_agent(name)  # raises, listing the valid names
+    target = getattr(AGENTS[name], "func", AGENTS[name])
+    return make_agent(name, seed=seed) if "seed" in inspect.signature(target).parameters else make_agent(name)

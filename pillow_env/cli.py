@@ -1,9 +1,52 @@
-"""The ``pillow-env`` command line."""
+"""The ``pillow-env`` command line: demo, bench, inspect, train-agent, train-backbone."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def _agent_list(text: str) -> list[str]:
+    from agents import AGENTS
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in AGENTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown agent(s) {', '.join(unknown) or '(none given)'}; "
+                                         f"valid agents: {', '.join(AGENTS)}")
+    return names
+
+
+def _agent_name(text: str) -> str:
+    return _agent_list(text)[0]
+
+
+def _source(text: str) -> str:
+    if text != "builtin" and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"file not found: {text} (or use 'builtin')")
+    return text
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_data(p: argparse.ArgumentParser, *, test: bool = True) -> None:
+    p.add_argument("--pool", type=_source, default="builtin", help="exemplar pool file, or 'builtin'")
+    p.add_argument("--train", type=_source, default="builtin", help="training queries file, or 'builtin'")
+    if test:
+        p.add_argument("--test", type=_source, default="builtin", help="held-out queries file, or 'builtin'")
+    p.add_argument("--shots", type=_positive, default=2, help="exemplars per query (m)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="HF causal LM name/path or alias")
+    p.add_argument("--adapter", default=None, help="peft LoRA adapter folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=_positive, default=24)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -13,23 +56,149 @@ def _demo(args: argparse.Namespace) -> None:
              max_new_tokens=args.max_new_tokens, out=args.out)
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from .bench import BenchConfig, run_bench
+
+    run_bench(BenchConfig(pool=args.pool, train=args.train, test=args.test, agents=args.agents, shots=args.shots,
+                          model=args.model, adapter=args.adapter, episodes=args.episodes, seed=args.seed,
+                          out=str(args.out), cache=args.cache, num_envs=args.num_envs,
+                          max_new_tokens=args.max_new_tokens, test_limit=args.test_limit))
+
+
+def _engine_and_envs(args: argparse.Namespace, queries_source: str, part: str):
+    from .bench import load_split
+    from .encoder import load_encoder
+    from .engine import RewardEngine
+    from .resources import shared_backbone
+    from .rewards import PillowReward
+
+    pool = load_split(args.pool, "pool", args.seed)
+    queries = load_split(queries_source, part, args.seed)
+    encoder = load_encoder("minilm")
+    engine = RewardEngine(shared_backbone(args.model, args.adapter), PillowReward(encoder=encoder),
+                          max_new_tokens=args.max_new_tokens, cache_path=args.cache)
+    return pool, queries, encoder, engine
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from agents import Agent, make_agent
+
+    from .env import PillowMatchEnv
+    from .prompts import user_text
+
+    pool, queries, encoder, engine = _engine_and_envs(args, args.queries, "test")
+    if not 0 <= args.query_index < len(queries):
+        raise SystemExit(f"--query-index must be in [0, {len(queries)}), got {args.query_index}")
+    env = PillowMatchEnv(pool, queries, m=args.shots, engine=engine, encoder=encoder)
+    agent = Agent.load(args.load) if args.load else make_agent(args.agent)
+    agent.prepare(env)
+    selection = agent.select(env, args.query_index)
+    query = queries[args.query_index]
+    (result,) = engine.score([([pool[i] for i in selection], query)])
+    print(f"agent: {agent.name}\nquery #{args.query_index}: {user_text(query)!r}\n")
+    for n, i in enumerate(selection, 1):
+        print(f"exemplar {n}: pool[{i}] {user_text(pool[i])!r} -> {pool[i].output!r}")
+    print(f"\n--- rendered prompt ---\n{result.prompt}\n--- end of prompt ---\n")
+    print(f"generation: {result.generation!r}\nreference:  {result.reference!r}")
+    print("reward: " + ", ".join(f"{k} {v:.3f}" for k, v in {"reward": result.reward, **result.components}.items()))
+
+
+def _train_agent(args: argparse.Namespace) -> None:
+    from agents import Budget, make_seeded_agent
+
+    from .vector import PillowMatchVectorEnv
+
+    pool, queries, encoder, engine = _engine_and_envs(args, args.train, "train")
+    venv = PillowMatchVectorEnv(args.num_envs, pool=pool, queries=queries, m=args.shots, engine=engine,
+                                encoder=encoder)
+    agent = make_seeded_agent(args.agent, args.seed)
+    log = agent.fit(venv, Budget(episodes=args.episodes), tensorboard=args.tensorboard)
+    path = agent.save(args.out)
+    print(f"trained {agent.name}: {log.get('episodes', 0)} episodes, {log.get('generations', 0)} LLM generations; "
+          f"saved to {path}")
+
+
+def _train_backbone(args: argparse.Namespace) -> None:
+    from .training import TrainConfig, train_lora
+
+    from .bench import load_split
+
+    data = load_split(args.data, "train", args.seed)
+    train_lora(args.model, data, TrainConfig(plw=args.plw, epochs=args.epochs, lr=args.lr,
+                                             batch_size=args.batch_size, grad_accum=args.grad_accum,
+                                             max_length=args.max_length, seed=args.seed, lora_r=args.lora_r,
+                                             max_steps=args.max_steps),
+               output_dir=args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pillow-env", description=__doc__)
+    parser = argparse.ArgumentParser(prog="pillow-env", description="In-context exemplar selection as RL (PILLOW).")
     sub = parser.add_subparsers(dest="command", required=True)
+
     demo = sub.add_parser("demo", help="zero-shot vs random vs same-task exemplars on the built-in suite")
-    demo.add_argument("--model", default="smollm2-135m-instruct", help="HF causal LM name/path or alias")
-    demo.add_argument("--shots", type=int, default=2)
-    demo.add_argument("--queries", type=int, default=None, help="first N test queries (default: all)")
+    demo.add_argument("--model", default=DEFAULT_MODEL, help="HF causal LM name/path or alias")
+    demo.add_argument("--shots", type=_positive, default=2)
+    demo.add_argument("--queries", type=_positive, default=None, help="first N test queries (default: all)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--max-new-tokens", type=int, default=24)
+    demo.add_argument("--max-new-tokens", type=_positive, default=24)
     demo.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser("bench", help="train and compare agents; writes results.json, results.md, curves.png")
+    _add_data(bench)
+    bench.add_argument("--agents", type=_agent_list, default=["zero_shot", "random", "knn", "reinforce", "ppo"],
+                       help="comma-separated registry names")
+    bench.add_argument("--episodes", type=_positive, default=1000, help="training episodes per learning agent")
+    bench.add_argument("--out", type=Path, default=Path("runs/bench"))
+    bench.add_argument("--cache", default=None, help="SQLite reward cache to reuse (default OUT/cache.sqlite)")
+    bench.add_argument("--num-envs", type=_positive, default=16)
+    bench.add_argument("--test-limit", type=_positive, default=None, help="evaluate on the first N test queries")
+    bench.set_defaults(func=_bench)
+
+    insp = sub.add_parser("inspect", help="one query, one agent: exemplars, prompt, generation, reward")
+    _add_data(insp, test=False)
+    insp.add_argument("--queries", type=_source, default="builtin", help="queries file, or 'builtin' (test split)")
+    insp.add_argument("--query-index", type=int, default=0)
+    insp.add_argument("--agent", type=_agent_name, default="knn")
+    insp.add_argument("--load", default=None, help="a saved agent folder (overrides --agent)")
+    insp.add_argument("--cache", default=None)
+    insp.set_defaults(func=_inspect)
+
+    tra = sub.add_parser("train-agent", help="train one agent and save it")
+    _add_data(tra, test=False)
+    tra.add_argument("--agent", type=_agent_name, default="reinforce")
+    tra.add_argument("--episodes", type=_positive, default=1000)
+    tra.add_argument("--num-envs", type=_positive, default=16)
+    tra.add_argument("--out", type=Path, required=True)
+    tra.add_argument("--tensorboard", default=None, help="TensorBoard log folder")
+    tra.add_argument("--cache", default=None)
+    tra.set_defaults(func=_train_agent)
+
+    trb = sub.add_parser("train-backbone", help="prompt-loss-weighted LoRA fine-tuning of the LLM")
+    trb.add_argument("--data", type=_source, default="builtin", help="training file, or 'builtin' (train split)")
+    trb.add_argument("--model", default=DEFAULT_MODEL)
+    trb.add_argument("--plw", type=float, default=0.1, help="prompt-loss weight in [0, 1]")
+    trb.add_argument("--epochs", type=float, default=1.0)
+    trb.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    trb.add_argument("--lr", type=float, default=2e-4)
+    trb.add_argument("--batch-size", type=_positive, default=8)
+    trb.add_argument("--grad-accum", type=_positive, default=1)
+    trb.add_argument("--max-length", type=_positive, default=512)
+    trb.add_argument("--lora-r", type=_positive, default=8)
+    trb.add_argument("--seed", type=int, default=0)
+    trb.add_argument("--out", type=Path, required=True)
+    trb.set_defaults(func=_train_backbone)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"pillow-env {args.command}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,183 @@
+"""``pillow-env bench``: train the learning agents, evaluate every agent, write JSON, Markdown and a plot.
+
+All agents share one LLM, one reward engine and one disk cache (``OUT/cache.sqlite`` unless
+``--cache``), so no answer is generated twice. ``results.json`` is rewritten after each agent: an
+interrupted run keeps every finished agent and, re-run with the same settings, skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import Example, examples_fingerprint, load_examples
+from .suite import builtin_suite
+
+__all__ = ["BenchConfig", "run_bench", "load_split"]
+
+METRICS = ("reward", "rouge_l", "semantic", "exact_match")
+
+
+@dataclass
+class BenchConfig:
+    pool: str = "builtin"
+    train: str = "builtin"
+    test: str = "builtin"
+    agents: list[str] = field(default_factory=lambda: ["zero_shot", "random", "knn", "reinforce", "ppo"])
+    shots: int = 2
+    model: str = "smollm2-135m-instruct"
+    adapter: str | None = None
+    episodes: int = 1000
+    seed: int = 0
+    out: str = "runs/bench"
+    cache: str | None = None
+    num_envs: int = 16
+    max_new_tokens: int = 24
+    test_limit: int | None = None
+
+
+def load_split(source: str, part: str, seed: int) -> list[Example]:
+    """``builtin`` -> that part of the built-in suite; anything else is a dataset file."""
+    if source == "builtin":
+        return getattr(builtin_suite(seed), part)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"--{part}: file not found: {path}")
+    return load_examples(path)
+
+
+def _settings(config: BenchConfig, pool: list[Example], train: list[Example], test: list[Example]) -> dict[str, Any]:
+    """What results depend on; a resumed run must match it."""
+    return {"model": config.model, "adapter": config.adapter, "shots": config.shots, "seed": config.seed,
+            "episodes": config.episodes, "max_new_tokens": config.max_new_tokens, "num_envs": config.num_envs,
+            "pool": examples_fingerprint(pool), "train": examples_fingerprint(train),
+            "test": examples_fingerprint(test)}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)  # atomic: a kill never leaves half a results file
+
+
+def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
+    from agents import AGENTS, Budget, evaluate, make_seeded_agent
+
+    unknown = [a for a in config.agents if a not in AGENTS]
+    if unknown:
+        raise ValueError(f"unknown agent(s) {', '.join(unknown)}; valid agents: {', '.join(AGENTS)}")
+    pool = load_split(config.pool, "pool", config.seed)
+    train = load_split(config.train, "train", config.seed)
+    test = load_split(config.test, "test", config.seed)
+    if config.test_limit is not None:
+        test = test[:config.test_limit]
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    settings = _settings(config, pool, train, test)
+    results: dict[str, Any] = {"settings": settings, "agents": {}}
+    if results_path.exists():
+        previous = json.loads(results_path.read_text())
+        differing = [k for k, v in settings.items() if previous.get("settings", {}).get(k) != v]
+        if differing:
+            raise ValueError(f"{results_path} holds a run with different {', '.join(differing)}; "
+                             "use another --out (nothing was overwritten)")
+        results = previous
+
+    from .encoder import load_encoder
+    from .engine import RewardEngine
+    from .env import PillowMatchEnv
+    from .resources import shared_backbone
+    from .rewards import PillowReward
+    from .vector import PillowMatchVectorEnv
+
+    encoder = load_encoder("minilm")
+    engine = RewardEngine(shared_backbone(config.model, config.adapter), PillowReward(encoder=encoder),
+                          max_new_tokens=config.max_new_tokens, batch_size=config.num_envs,
+                          cache_path=config.cache or out / "cache.sqlite")
+    test_env = PillowMatchEnv(pool, test, m=config.shots, engine=engine, encoder=encoder)
+
+    for name in config.agents:
+        if name in results["agents"]:
+            print(f"{name}: already in {results_path}, skipped")
+            continue
+        start, start_generations = time.perf_counter(), engine.stats.generations
+        agent = make_seeded_agent(name, config.seed)
+        log: dict[str, Any] = {}
+        if agent.learns:
+            venv = PillowMatchVectorEnv(config.num_envs, pool=pool, queries=train, m=config.shots, engine=engine,
+                                        encoder=encoder)
+            log = agent.fit(venv, Budget(episodes=config.episodes), progress=progress,
+                            tensorboard=out / "tensorboard")
+            agent.save(out / "agents" / name)
+        train_generations = engine.stats.generations - start_generations
+        evaluation = evaluate(agent, test_env, progress=progress)
+        record = {
+            **{k: evaluation.means.get(k, float("nan")) for k in METRICS},
+            "train_generations": train_generations,
+            "eval_generations": evaluation.generations,
+            "generations": train_generations + evaluation.generations,
+            "episodes": log.get("episodes", 0),
+            "wall_seconds": time.perf_counter() - start,
+            "curve": log.get("history", []),
+            "per_query": evaluation.per_query,
+        }
+        results["agents"][name] = record
+        _write_json(results_path, results)
+        print(f"{name}: reward {record['reward']:.3f}  ROUGE-L {record['rouge_l']:.3f}  "
+              f"generations {record['generations']}  {record['wall_seconds']:.0f} s")
+
+    results["engine"] = engine.stats.as_dict()
+    _write_json(results_path, results)
+    (out / "results.md").write_text(results_table(results))
+    plot_curves(results, out / "curves.png")
+    print(results_table(results))
+    print(f"wrote {results_path}, {out / 'results.md'}, {out / 'curves.png'}")
+    return results
+
+
+def results_table(results: dict[str, Any]) -> str:
+    s = results["settings"]
+    lines = [f"Model `{s['model']}`{' + adapter ' + str(s['adapter']) if s['adapter'] else ''}, "
+             f"{s['shots']} shots, {s['episodes']} training episodes per learning agent, seed {s['seed']}.", "",
+             "| agent | reward | ROUGE-L | semantic | exact match | LLM generations | wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in results["agents"].items():
+        lines.append(f"| {name} | {r['reward']:.3f} | {r['rouge_l']:.3f} | {r['semantic']:.3f} | "
+                     f"{r['exact_match']:.3f} | {r['generations']} | {r['wall_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(results: dict[str, Any], path: Path, window: int = 10) -> None:
+    """Training reward vs episodes for learning agents; held-out rewards of all agents as reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (name, r) in enumerate(results["agents"].items()):
+        curve = r.get("curve") or []
+        if curve:
+            x = np.array([c["episodes"] for c in curve])
+            y = np.array([c["reward"] for c in curve])
+            k = min(window, len(y))
+            smooth = np.convolve(y, np.ones(k) / k, mode="valid")
+            ax.plot(x[k - 1:], smooth, color=f"C{i % 10}", label=f"{name} (train, moving avg)")
+    for i, (name, r) in enumerate(results["agents"].items()):
+        ax.axhline(r["reward"], ls="--", lw=1, color=f"C{i % 10}", alpha=0.6)
+        ax.annotate(f"{name} test {r['reward']:.3f}", (1.0, r["reward"]), xycoords=("axes fraction", "data"),
+                    fontsize=7, ha="right", va="bottom", color=f"C{i % 10}")
+    ax.set_xlabel("training episodes")
+    ax.set_ylabel("reward (0.5 ROUGE-L + 0.5 MiniLM cosine)")
+    ax.set_title("pillow-env bench")
+    if any(r.get("curve") for r in results["agents"].values()):
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
