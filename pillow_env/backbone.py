@@ -128,7 +128,7 @@ class Backbone:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
         model.to(device)
         if adapter is not None:
-            model = _apply_adapter(model, Path(adapter))
+            model = _apply_adapter(model, Path(adapter), name_or_path)
         return cls(model, tokenizer, name=name_or_path, adapter=None if adapter is None else str(adapter),
                    renderer=PromptRenderer(tokenizer, **renderer_kwargs))
 
@@ -224,13 +224,18 @@ class Backbone:
         return scores
 
 
-def _apply_adapter(model: Any, adapter: Path) -> Any:
+def _apply_adapter(model: Any, adapter: Path, base_name: str) -> Any:
     from peft import PeftModel
 
     config = adapter / "adapter_config.json"
     if not config.is_file():
         raise FileNotFoundError(f"adapter folder {adapter} has no adapter_config.json (expected peft "
                                 "save_pretrained output)")
+    record = adapter / "pillow_training.json"
+    if record.is_file():
+        trained_on = json.loads(record.read_text()).get("base_model")
+        if trained_on is not None and trained_on != base_name:
+            raise ValueError(f"adapter {adapter} was trained on base model {trained_on!r}, not {base_name!r}")
     try:
         return PeftModel.from_pretrained(model, adapter).eval()
     except (RuntimeError, ValueError, KeyError) as err:
