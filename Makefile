@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/pillow-env demo
+	$(PY) examples/quickstart.py
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -1,0 +1,122 @@
+"""The front door on the tiny model: `pillow-env bench` outputs, resume, CLI errors, and every example."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from pillow_env import bench as bench_mod
+from pillow_env.bench import BenchConfig, run_bench
+from pillow_env.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+AGENT_KEYS = {"reward", "rouge_l", "semantic", "exact_match", "generations", "train_generations",
+              "eval_generations", "wall_seconds", "per_query", "curve", "episodes"}
+
+
+def example(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_writes_json_markdown_and_plot(tiny_model_dir, tmp_path):
+    out = tmp_path / "bench"
+    results = run_bench(BenchConfig(agents=["zero_shot", "knn", "reinforce"], model=str(tiny_model_dir),
+                                    episodes=16, out=str(out), test_limit=6, max_new_tokens=4), progress=False)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["agents"].keys() == {"zero_shot", "knn", "reinforce"} == results["agents"].keys()
+    for record in saved["agents"].values():
+        assert AGENT_KEYS <= set(record) and len(record["per_query"]) == 6
+        assert {"selection", "generation", "reference"} <= set(record["per_query"][0])
+    assert saved["agents"]["reinforce"]["train_generations"] > 0 and saved["agents"]["reinforce"]["curve"]
+    table = (out / "results.md").read_text()
+    assert "| knn |" in table and "| reinforce |" in table
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "agents" / "reinforce" / "agent.json").is_file()
+
+
+def test_interrupted_bench_resumes_without_recomputing(tiny_model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    config = BenchConfig(agents=["zero_shot", "knn", "random"], model=str(tiny_model_dir), episodes=8,
+                         out=str(out), test_limit=4, max_new_tokens=4)
+    import agents
+
+    real = agents.make_seeded_agent
+    built, interrupted = [], []
+
+    def interrupt_at_random(name, seed):
+        built.append(name)
+        if name == "random" and not interrupted:
+            interrupted.append(name)
+            raise KeyboardInterrupt("killed during the third agent")
+        return real(name, seed)
+
+    monkeypatch.setattr(agents, "make_seeded_agent", interrupt_at_random)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(config, progress=False)
+    kept = json.loads((out / "results.json").read_text())["agents"]
+    assert list(kept) == ["zero_shot", "knn"]
+    built.clear()
+    results = run_bench(config, progress=False)
+    assert built == ["random"]  # finished agents were not rebuilt, trained or evaluated again
+    assert results["agents"]["knn"] == kept["knn"]
+
+    with pytest.raises(ValueError, match="different shots"):
+        run_bench(BenchConfig(**{**config.__dict__, "shots": 3}), progress=False)
+
+
+def test_cli_errors_are_clear(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["bench", "--agents", "knn,sac"])
+    err = capsys.readouterr().err
+    assert "unknown agent(s) sac" in err and "valid agents: zero_shot, random, knn, bm25, reinforce" in err
+    with pytest.raises(SystemExit):
+        main(["bench", "--pool", str(tmp_path / "missing.jsonl")])
+    assert f"file not found: {tmp_path / 'missing.jsonl'}" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "x"}\n')
+    with pytest.raises(SystemExit):
+        main(["bench", "--pool", str(bad), "--out", str(tmp_path / "o")])
+    assert "bad.jsonl:1: missing field 'output'" in capsys.readouterr().err
+
+
+def test_inspect_prints_the_whole_story(tiny_model_dir, capsys):
+    main(["inspect", "--model", str(tiny_model_dir), "--agent", "knn", "--query-index", "3",
+          "--max-new-tokens", "4"])
+    out = capsys.readouterr().out
+    for part in ("agent: knn", "query #3", "exemplar 1: pool[", "exemplar 2: pool[", "--- rendered prompt ---",
+                 "generation:", "reference:", "rouge_l"):
+        assert part in out
+
+
+def test_train_agent_saves(tiny_model_dir, tmp_path, capsys):
+    main(["train-agent", "--model", str(tiny_model_dir), "--agent", "reinforce", "--episodes", "16",
+          "--num-envs", "8", "--out", str(tmp_path / "agent"), "--max-new-tokens", "4",
+          "--tensorboard", str(tmp_path / "tb")])
+    assert (tmp_path / "agent" / "matching_network.safetensors").is_file()
+    assert list((tmp_path / "tb").glob("**/events.out.tfevents.*"))
+
+
+def test_example_quickstart(tiny_model_dir, tmp_path):
+    results = example("quickstart").main(model=str(tiny_model_dir), episodes=16, out=str(tmp_path / "q"),
+                                         test_limit=4)
+    assert list(results["agents"]) == ["zero_shot", "random", "knn", "reinforce"]
+
+
+def test_example_swap_algorithms(tiny_model_dir):
+    scores = example("swap_algorithms").main(model=str(tiny_model_dir), episodes=16, test_limit=4)
+    assert set(scores) == {"ppo", "a2c", "maskable_ppo", "reinforce"}
+
+
+def test_example_custom_dataset(tiny_model_dir, capsys):
+    scores = example("custom_dataset").main(model=str(tiny_model_dir))
+    assert set(scores) == {"random", "knn"} and "kNN picked:" in capsys.readouterr().out
+
+
+def test_example_plw_backbone(tiny_model_dir, tmp_path):
+    scores = example("plw_backbone").main(model=str(tiny_model_dir), max_steps=2, out=str(tmp_path / "a"),
+                                          test_limit=4)
+    assert set(scores) == {"base", "plw=0.1 adapter"}
