@@ -123,8 +123,7 @@ class _BudgetCallback(BaseCallback):
             self._returns = []
         self.logger.record("pillow/generations", generations)
         self.logger.record("pillow/cache_hits", self.engine.stats.cache_hits - self.start_hits)
-        done = self.budget.episodes if self.budget.episodes else generations
-        self.bar.n = min(done if self.budget.generations is None else generations, self.bar.total)
+        self.bar.n = min(episodes if self.budget.episodes else generations, self.bar.total)
         self.bar.refresh()
         return not self.budget.exhausted(episodes, generations)
 
