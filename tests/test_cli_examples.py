@@ -120,3 +120,15 @@ def test_example_plw_backbone(tiny_model_dir, tmp_path):
     scores = example("plw_backbone").main(model=str(tiny_model_dir), max_steps=2, out=str(tmp_path / "a"),
                                           test_limit=4)
     assert set(scores) == {"base", "plw=0.1 adapter"}
+
+
+def test_train_backbone_cli(tiny_model_dir, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"instruction": "Reverse the word.", "input": w, "output": w[::-1]}) + "\n"
+                            for w in ["apple", "river", "fig", "pear"]))
+    main(["train-backbone", "--model", str(tiny_model_dir), "--data", str(data), "--plw", "0.05", "--max-steps", "2",
+          "--batch-size", "2", "--out", str(tmp_path / "adapter")])
+    record = json.loads((tmp_path / "adapter" / "pillow_training.json").read_text())
+    assert record["plw"] == 0.05 and record["steps"] == 2 and record["examples"] == 4
+    with pytest.raises(SystemExit):
+        main(["train-backbone", "--model", str(tiny_model_dir), "--plw", "2", "--out", str(tmp_path / "x")])
