@@ -35,9 +35,11 @@ def make_agent(name: str, **kwargs: Any) -> Agent:
     return AGENTS[name](**kwargs)
 
 
-def make_seeded_agent(name: str, seed: int) -> Agent:
-    """``make_agent(name, seed=seed)`` for agents that take a seed, ``make_agent(name)`` for the rest."""
+def make_seeded_agent(name: str, seed: int, **kwargs: Any) -> Agent:
+    """``make_agent(name, seed=seed, **kwargs)``, leaving out ``seed`` for agents that take none."""
     if name not in AGENTS:
         return make_agent(name)  # raises, listing the valid names
     target = getattr(AGENTS[name], "func", AGENTS[name])
-    return make_agent(name, seed=seed) if "seed" in inspect.signature(target).parameters else make_agent(name)
+    if "seed" in inspect.signature(target).parameters:
+        kwargs = {"seed": seed, **kwargs}
+    return make_agent(name, **kwargs)

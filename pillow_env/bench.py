@@ -38,6 +38,7 @@ class BenchConfig:
     num_envs: int = 16
     max_new_tokens: int = 24
     test_limit: int | None = None
+    agent_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def load_split(source: str, part: str, seed: int) -> list[Example]:
@@ -54,7 +55,7 @@ def _settings(config: BenchConfig, pool: list[Example], train: list[Example], te
     """What results depend on; a resumed run must match it."""
     return {"model": config.model, "adapter": config.adapter, "shots": config.shots, "seed": config.seed,
             "episodes": config.episodes, "max_new_tokens": config.max_new_tokens, "num_envs": config.num_envs,
-            "pool": examples_fingerprint(pool), "train": examples_fingerprint(train),
+            "agent_kwargs": config.agent_kwargs, "pool": examples_fingerprint(pool), "train": examples_fingerprint(train),
             "test": examples_fingerprint(test)}
 
 
@@ -67,7 +68,7 @@ def _write_json(path: Path, data: Any) -> None:
 def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     from agents import AGENTS, Budget, evaluate, make_seeded_agent
 
-    unknown = [a for a in config.agents if a not in AGENTS]
+    unknown = [a for a in [*config.agents, *config.agent_kwargs] if a not in AGENTS]
     if unknown:
         raise ValueError(f"unknown agent(s) {', '.join(unknown)}; valid agents: {', '.join(AGENTS)}")
     pool = load_split(config.pool, "pool", config.seed)
@@ -106,7 +107,7 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
             print(f"{name}: already in {results_path}, skipped")
             continue
         start, start_generations = time.perf_counter(), engine.stats.generations
-        agent = make_seeded_agent(name, config.seed)
+        agent = make_seeded_agent(name, config.seed, **config.agent_kwargs.get(name, {}))
         log: dict[str, Any] = {}
         if agent.learns:
             venv = PillowMatchVectorEnv(config.num_envs, pool=pool, queries=train, m=config.shots, engine=engine,

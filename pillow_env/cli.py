@@ -24,6 +24,18 @@ def _agent_name(text: str) -> str:
     return _agent_list(text)[0]
 
 
+def _agent_kwargs(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg}): {text}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise argparse.ArgumentTypeError('expected {"agent name": {"argument": value, ...}, ...}')
+    return value
+
+
 def _source(text: str) -> str:
     if text != "builtin" and not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"file not found: {text} (or use 'builtin')")
@@ -62,7 +74,8 @@ def _bench(args: argparse.Namespace) -> None:
     run_bench(BenchConfig(pool=args.pool, train=args.train, test=args.test, agents=args.agents, shots=args.shots,
                           model=args.model, adapter=args.adapter, episodes=args.episodes, seed=args.seed,
                           out=str(args.out), cache=args.cache, num_envs=args.num_envs,
-                          max_new_tokens=args.max_new_tokens, test_limit=args.test_limit))
+                          max_new_tokens=args.max_new_tokens, test_limit=args.test_limit,
+                          agent_kwargs=args.agent_kwargs))
 
 
 def _engine_and_envs(args: argparse.Namespace, queries_source: str, part: str):
@@ -153,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cache", default=None, help="SQLite reward cache to reuse (default OUT/cache.sqlite)")
     bench.add_argument("--num-envs", type=_positive, default=16)
     bench.add_argument("--test-limit", type=_positive, default=None, help="evaluate on the first N test queries")
+    bench.add_argument("--agent-kwargs", type=_agent_kwargs, default={},
+                       help='per-agent constructor arguments as JSON, e.g. \'{"reinforce": {"lr": 0.001}}\'')
     bench.set_defaults(func=_bench)
 
     insp = sub.add_parser("inspect", help="one query, one agent: exemplars, prompt, generation, reward")
