@@ -26,27 +26,24 @@ from pillow_env.rewards import PillowReward
 from pillow_env.suite import builtin_suite
 from pillow_env.training import TRAINING_RECORD, TrainConfig, train_lora
 
-MODEL = "smollm2-135m-instruct"
-
-
-def score_adapter(adapter: Path | None, suite, encoder, max_new_tokens: int) -> dict[str, dict[str, float]]:
-    backbone = Backbone.from_pretrained(MODEL, adapter=adapter)
+def score_adapter(model: str, adapter: Path | None, suite, encoder, max_new_tokens: int) -> dict[str, dict[str, float]]:
+    backbone = Backbone.from_pretrained(model, adapter=adapter)
     engine = RewardEngine(backbone, PillowReward(encoder=encoder), max_new_tokens=max_new_tokens)
     env = PillowMatchEnv(suite.pool, suite.test, m=2, engine=engine, encoder=encoder)
     return {setting: evaluate(agent, env, progress=False).means
             for setting, agent in (("zero_shot", ZeroShotAgent()), ("knn_2shot", KNNAgent()))}
 
 
-def trl_tokens_per_second(examples, config: TrainConfig, steps: int) -> dict[str, float]:
+def trl_tokens_per_second(model: str, examples, config: TrainConfig, steps: int) -> dict[str, float]:
     """TRL SFTTrainer, completion-only loss, same LoRA settings and batch, ``steps`` optimizer steps."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    path = resolve_model(MODEL)
+    path = resolve_model(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    renderer = Backbone.from_pretrained(MODEL).renderer
+    renderer = Backbone.from_pretrained(model).renderer
     pairs = [renderer.render_pair([], ex) for ex in examples]
     dataset = Dataset.from_list([{"prompt": p, "completion": c} for p, c in pairs])
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
@@ -81,7 +78,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_xscale("symlog", linthresh=1e-3)
     ax.set_xlabel("prompt-loss weight (symlog)")
     ax.set_ylabel("held-out ROUGE-L")
-    ax.set_title("PLW LoRA on SmolLM2-135M-Instruct, built-in suite")
+    ax.set_title("PLW LoRA sweep, built-in suite")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -90,6 +87,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--plws", default="0,0.01,0.1,0.25,1")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -108,15 +106,15 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.exists() else {"rows": [], "base": None}
     done = {r["plw"] for r in results["rows"]}
     if results["base"] is None:
-        results["base"] = score_adapter(None, suite, encoder, args.max_new_tokens)
+        results["base"] = score_adapter(args.model, None, suite, encoder, args.max_new_tokens)
         results_path.write_text(json.dumps(results, indent=2))
     for plw in plws:
         if plw in done:
             continue
         config = TrainConfig(plw=plw, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-        adapter = train_lora(MODEL, suite.train, config, output_dir=args.out / f"adapter-plw{plw:g}")
+        adapter = train_lora(args.model, suite.train, config, output_dir=args.out / f"adapter-plw{plw:g}")
         record = json.loads((adapter / TRAINING_RECORD).read_text())
-        row = {"plw": plw, **score_adapter(adapter, suite, encoder, args.max_new_tokens),
+        row = {"plw": plw, **score_adapter(args.model, adapter, suite, encoder, args.max_new_tokens),
                "steps": record["steps"], "tokens_per_second": record["tokens_per_second"],
                "final_loss": record["loss_curve"][-1]["loss"], "generation_ratio": record["generation_ratio"]}
         results["rows"].append(row)
@@ -128,16 +126,16 @@ def main() -> None:
         config = TrainConfig(plw=0.0, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                              max_steps=args.trl_steps)
         with tempfile.TemporaryDirectory() as tmp:
-            ours = json.loads((train_lora(MODEL, suite.train, config, output_dir=tmp, progress=False)
+            ours = json.loads((train_lora(args.model, suite.train, config, output_dir=tmp, progress=False)
                                / TRAINING_RECORD).read_text())
-        theirs = trl_tokens_per_second(suite.train, config, args.trl_steps)
+        theirs = trl_tokens_per_second(args.model, suite.train, config, args.trl_steps)
         results["throughput"] = {"steps": args.trl_steps, "ours_tokens_per_second": ours["tokens_per_second"],
                                  "trl_tokens_per_second": theirs["tokens_per_second"],
                                  "ratio_ours_over_trl": ours["tokens_per_second"] / theirs["tokens_per_second"]}
         results_path.write_text(json.dumps(results, indent=2))
 
     rows = sorted(results["rows"], key=lambda r: r["plw"])
-    lines = [f"Base SmolLM2 (no adapter): zero-shot ROUGE-L {results['base']['zero_shot']['rouge_l']:.3f}, "
+    lines = [f"Base model (no adapter): zero-shot ROUGE-L {results['base']['zero_shot']['rouge_l']:.3f}, "
              f"kNN 2-shot ROUGE-L {results['base']['knn_2shot']['rouge_l']:.3f}", "",
              "| PLW | zero-shot reward | zero-shot ROUGE-L | kNN 2-shot reward | kNN 2-shot ROUGE-L | final loss |",
              "|---|---|---|---|---|---|"]
