@@ -36,7 +36,11 @@ class ReinforceAgent(Agent):
         hidden, temperature, knn_init: see :class:`~agents.matching.MatchingNetwork`.
         lr: Adam learning rate.
         entropy_coef: weight of the entropy bonus (keeps exploring).
-        baseline_decay: the baseline is an exponential moving average of episode returns with this decay.
+        group_size: episodes per query in a batch. With ``group_size > 1`` each query is rolled out
+            that many times and the baseline of an episode is the mean return of the *other* episodes
+            of its query (leave-one-out), which removes the large query-to-query spread in difficulty
+            from the gradient. With 1, the baseline is a moving average of batch returns.
+        baseline_decay: decay of that moving average (``group_size == 1`` only).
         max_grad_norm: gradient clipping.
         seed: seeds the network init and the action sampling.
     """
@@ -45,10 +49,13 @@ class ReinforceAgent(Agent):
     learns = True
 
     def __init__(self, hidden: int = 256, temperature: float = 0.1, knn_init: bool = True, lr: float = 3e-4,
-                 entropy_coef: float = 0.01, baseline_decay: float = 0.9, max_grad_norm: float = 1.0,
-                 seed: int = 0, pool_fingerprint: str | None = None) -> None:
+                 entropy_coef: float = 0.01, group_size: int = 4, baseline_decay: float = 0.9,
+                 max_grad_norm: float = 1.0, seed: int = 0, pool_fingerprint: str | None = None) -> None:
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
         self.hidden, self.temperature, self.knn_init = hidden, temperature, knn_init
         self.lr, self.entropy_coef, self.baseline_decay = lr, entropy_coef, baseline_decay
+        self.group_size = group_size
         self.max_grad_norm, self.seed = max_grad_norm, seed
         self.pool_fingerprint = pool_fingerprint
         self.net: MatchingNetwork | None = None
@@ -56,7 +63,8 @@ class ReinforceAgent(Agent):
 
     def config(self) -> dict[str, Any]:
         return {"hidden": self.hidden, "temperature": self.temperature, "knn_init": self.knn_init, "lr": self.lr,
-                "entropy_coef": self.entropy_coef, "baseline_decay": self.baseline_decay,
+                "entropy_coef": self.entropy_coef, "group_size": self.group_size,
+                "baseline_decay": self.baseline_decay,
                 "max_grad_norm": self.max_grad_norm, "seed": self.seed, "pool_fingerprint": self.pool_fingerprint}
 
     def prepare(self, env: PillowMatchEnv | PillowMatchVectorEnv) -> None:
@@ -81,6 +89,8 @@ class ReinforceAgent(Agent):
         if venv.envs[0].dense:
             raise ValueError("ReinforceAgent uses the episode return; use the default sparse reward (dense=False)")
         budget = budget or Budget(episodes=1000)
+        if venv.num_envs % self.group_size:
+            raise ValueError(f"num_envs ({venv.num_envs}) must be a multiple of group_size ({self.group_size})")
         self.prepare(venv)
         assert self.net is not None
         net, engine, m = self.net.train(), venv.engine, venv.envs[0].m
@@ -92,9 +102,12 @@ class ReinforceAgent(Agent):
         episodes = generations = 0
         bar = tqdm(total=budget.episodes or budget.generations, disable=not progress,
                    desc="reinforce", unit="episode" if budget.episodes else "generation")
-        obs, _ = venv.reset(seed=self.seed)
+        queries = np.random.default_rng(self.seed)
+        n_queries = len(venv.envs[0].queries)
         while not budget.exhausted(episodes, generations):
-            # 1. Roll out one batch of episodes: m sampled actions per env.
+            # 1. Roll out one batch of episodes (group_size per query): m sampled actions per env.
+            picked = queries.integers(n_queries, size=venv.num_envs // self.group_size)
+            obs, _ = venv.reset(options={"query_index": np.repeat(picked, self.group_size)})
             log_probs, entropies = [], []
             returns = np.zeros(venv.num_envs)
             for _ in range(m):
@@ -106,19 +119,25 @@ class ReinforceAgent(Agent):
                 obs, rewards, terminated, _, _ = venv.step(actions.numpy())
                 returns += rewards
             assert terminated.all()
-            obs, _ = venv.reset()
 
-            # 2. Policy gradient with a moving-average baseline and an entropy bonus.
+            # 2. Policy gradient with a baseline (leave-one-out per query, or moving average) and
+            #    an entropy bonus.
             mean_return = float(returns.mean())
-            baseline = mean_return if baseline is None else baseline
-            advantages = torch.as_tensor(returns - baseline, dtype=torch.float32)
+            if self.group_size > 1:
+                groups = returns.reshape(-1, self.group_size)
+                others = (groups.sum(1, keepdims=True) - groups) / (self.group_size - 1)
+                advantages = torch.as_tensor((groups - others).reshape(-1), dtype=torch.float32)
+            else:
+                baseline = mean_return if baseline is None else baseline
+                advantages = torch.as_tensor(returns - baseline, dtype=torch.float32)
             entropy = torch.stack(entropies).mean()
             loss = -(advantages * torch.stack(log_probs).sum(0)).mean() - self.entropy_coef * entropy
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), self.max_grad_norm)
             optimizer.step()
-            baseline = self.baseline_decay * baseline + (1 - self.baseline_decay) * mean_return
+            if self.group_size == 1:
+                baseline = self.baseline_decay * baseline + (1 - self.baseline_decay) * mean_return
 
             # 3. Bookkeeping: budget, progress, TensorBoard scalars.
             episodes += venv.num_envs
