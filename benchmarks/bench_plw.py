@@ -53,7 +53,7 @@ def trl_tokens_per_second(model: str, examples, config: TrainConfig, steps: int)
                          learning_rate=config.lr, lr_scheduler_type="linear", warmup_steps=0, save_strategy="no",
                          report_to=[], use_cpu=True, completion_only_loss=True, max_length=config.max_length,
                          seed=config.seed, logging_steps=max(1, steps // 5), dataloader_num_workers=0,
-                         max_grad_norm=1.0)
+                         max_grad_norm=1.0, gradient_checkpointing=False)  # ours does not checkpoint either
         trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=args, train_dataset=dataset,
                              processing_class=tokenizer, peft_config=lora)
         lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]

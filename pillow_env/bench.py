@@ -178,7 +178,7 @@ def plot_curves(results: dict[str, Any], path: Path, window: int = 10) -> None:
     ax.set_ylabel("reward (0.5 ROUGE-L + 0.5 MiniLM cosine)")
     ax.set_title("pillow-env bench")
     if any(r.get("curve") for r in results["agents"].values()):
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
