@@ -1,5 +1,4 @@
 import importlib.util
-import json
 
 import numpy as np
 import pytest

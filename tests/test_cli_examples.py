@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from pillow_env import bench as bench_mod
 from pillow_env.bench import BenchConfig, run_bench
 from pillow_env.cli import main
 

@@ -117,7 +117,6 @@ def test_vector_env_matches_separate_envs(make_env, engine, hash_encoder, mode):
     obs, infos = venv.reset(seed=seed)
     single_obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(singles)]
     np.testing.assert_array_equal(obs["query"], np.stack([o["query"] for o in single_obs]))
-    calls_before = engine.stats.generate_calls
     vec_rewards, single_rewards = [], []
     for _ in range(3):  # three episodes of m = 2 steps
         for _ in range(2):
