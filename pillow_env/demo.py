@@ -17,21 +17,21 @@ from tqdm import tqdm
 
 from .backbone import Backbone
 from .data import Example
+from .engine import RewardEngine
 from .rewards import PillowReward
 from .suite import builtin_suite
 
 Selector = Callable[[Example], list[Example]]
 
 
-def score_selections(backbone: Backbone, reward: PillowReward, queries: Sequence[Example],
-                     selections: Sequence[Sequence[Example]], *, max_new_tokens: int = 24,
-                     batch_size: int = 16, desc: str = "") -> dict[str, np.ndarray]:
-    """Generate for every (exemplars, query) pair in batches and score against the references."""
-    prompts = [backbone.renderer.render(ex, q) for ex, q in zip(selections, queries)]
-    generations: list[str] = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
-        generations += backbone.generate(prompts[start:start + batch_size], max_new_tokens, batch_size=batch_size)
-    return reward(generations, [q.output for q in queries])
+def score_selections(engine: RewardEngine, queries: Sequence[Example], selections: Sequence[Sequence[Example]],
+                     *, batch_size: int = 16, desc: str = "") -> dict[str, float]:
+    """Mean reward components of every (exemplars, query) pair, scored through the engine in batches."""
+    results = []
+    for start in tqdm(range(0, len(queries), batch_size), desc=desc, unit="batch", leave=False):
+        results += engine.score(list(zip(selections[start:start + batch_size], queries[start:start + batch_size])))
+    keys = ["reward", *results[0].components]
+    return {k: float(np.mean([r.reward if k == "reward" else r.components[k] for r in results])) for k in keys}
 
 
 def run_demo(model: str = "smollm2-135m-instruct", *, shots: int = 2, queries: int | None = None,
@@ -48,16 +48,13 @@ def run_demo(model: str = "smollm2-135m-instruct", *, shots: int = 2, queries: i
         f"same-task {shots}-shot": lambda q: rng.sample(by_task[q.task], shots),
     }
     t0 = time.perf_counter()
-    backbone = Backbone.from_pretrained(model)
-    reward = PillowReward()
+    engine = RewardEngine(Backbone.from_pretrained(model), PillowReward(), max_new_tokens=max_new_tokens)
     print(f"loaded {model} and MiniLM in {time.perf_counter() - t0:.1f} s; "
           f"{len(test)} test queries, pool of {len(suite.pool)}")
     results: dict[str, dict[str, float]] = {}
     for name, select in settings.items():
         t = time.perf_counter()
-        scores = score_selections(backbone, reward, test, [select(q) for q in test],
-                                  max_new_tokens=max_new_tokens, desc=name)
-        results[name] = {k: float(v.mean()) for k, v in scores.items()}
+        results[name] = score_selections(engine, test, [select(q) for q in test], desc=name)
         results[name]["seconds"] = time.perf_counter() - t
     print(format_table(results))
     if out is not None:

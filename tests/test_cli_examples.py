@@ -131,3 +131,12 @@ def test_train_backbone_cli(tiny_model_dir, tmp_path):
     assert record["plw"] == 0.05 and record["steps"] == 2 and record["examples"] == 4
     with pytest.raises(SystemExit):
         main(["train-backbone", "--model", str(tiny_model_dir), "--plw", "2", "--out", str(tmp_path / "x")])
+
+
+def test_demo_compares_three_settings(tiny_model_dir, tmp_path, capsys):
+    main(["demo", "--model", str(tiny_model_dir), "--queries", "6", "--max-new-tokens", "3",
+          "--out", str(tmp_path / "demo.json")])
+    results = json.loads((tmp_path / "demo.json").read_text())["results"]
+    assert list(results) == ["zero-shot", "random 2-shot", "same-task 2-shot"]
+    assert all({"reward", "rouge_l", "semantic", "exact_match", "seconds"} <= set(r) for r in results.values())
+    assert "| same-task 2-shot |" in capsys.readouterr().out
