@@ -98,9 +98,9 @@ class SB3VecEnv(VecEnv):
 class _BudgetCallback(BaseCallback):
     """Stops training when the generation budget is spent; logs generations and cache hits; tqdm bar."""
 
-    def __init__(self, engine, budget: Budget, m: int, progress: bool) -> None:
+    def __init__(self, engine, budget: Budget, m: int, progress: bool, desc: str) -> None:
         super().__init__()
-        self.engine, self.budget, self.m, self.progress = engine, budget, m, progress
+        self.engine, self.budget, self.m, self.progress, self.desc = engine, budget, m, progress, desc
         self.start_generations = engine.stats.generations
         self.start_hits = engine.stats.cache_hits
         self.history: list[dict[str, float]] = []
@@ -108,7 +108,7 @@ class _BudgetCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         total = self.budget.episodes or self.budget.generations
-        self.bar = tqdm(total=total, desc=type(self.model).__name__.lower(), disable=not self.progress,
+        self.bar = tqdm(total=total, desc=self.desc, disable=not self.progress,
                         unit="episode" if self.budget.episodes else "generation")
 
     def _on_step(self) -> bool:
@@ -258,7 +258,7 @@ class SB3Agent(Agent):
                                                   **settings)
         else:
             self.model.set_env(vec_env)
-        callback = _BudgetCallback(venv.engine, budget, m, progress)
+        callback = _BudgetCallback(venv.engine, budget, m, progress, self.algo)
         # Timesteps are a ceiling only; the callback stops at the budget.
         total = (budget.episodes or budget.generations or 0) * m * 2 + venv.num_envs * m * 8
         self.model.learn(total_timesteps=total, callback=callback, tb_log_name=self.algo)
