@@ -19,7 +19,7 @@ import numpy as np
 from pillow_env.env import PillowMatchEnv
 from pillow_env.vector import PillowMatchVectorEnv
 
-__all__ = ["Agent", "Budget", "unwrap"]
+__all__ = ["Agent", "Budget", "unwrap", "unwrap_vector"]
 
 CONFIG_NAME = "agent.json"
 
@@ -48,6 +48,15 @@ def unwrap(env: gym.Env | gym.vector.VectorEnv) -> PillowMatchEnv | PillowMatchV
     base = getattr(env, "unwrapped", env)
     if not isinstance(base, (PillowMatchEnv, PillowMatchVectorEnv)):
         raise TypeError(f"expected a PillowMatch-v0 env or vector env, got {type(base).__name__}")
+    return base
+
+
+def unwrap_vector(env: gym.Env | gym.vector.VectorEnv, who: str) -> PillowMatchVectorEnv:
+    """The native vector env behind ``env``, or a TypeError saying how to make one."""
+    base = unwrap(env)
+    if not isinstance(base, PillowMatchVectorEnv):
+        raise TypeError(f"{who} needs the vector env: gym.make_vec('PillowMatch-v0', num_envs=N, "
+                        "vectorization_mode='vector_entry_point')")
     return base
 
 

@@ -16,7 +16,7 @@ from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples
 from pillow_env.vector import PillowMatchVectorEnv
 
-from .base import Agent, Budget, greedy_rollout, unwrap
+from .base import Agent, Budget, greedy_rollout, unwrap_vector
 from .matching import MatchingNetwork
 
 __all__ = ["ReinforceAgent"]
@@ -82,10 +82,7 @@ class ReinforceAgent(Agent):
 
     def fit(self, env, budget: Budget | None = None, *, tensorboard: str | Path | None = None,
             progress: bool = True, **kwargs: Any) -> dict[str, Any]:
-        venv = unwrap(env)
-        if not isinstance(venv, PillowMatchVectorEnv):
-            raise TypeError("ReinforceAgent.fit needs the vector env: "
-                            "gym.make_vec('PillowMatch-v0', num_envs=N, vectorization_mode='vector_entry_point')")
+        venv = unwrap_vector(env, "ReinforceAgent.fit")
         if venv.envs[0].dense:
             raise ValueError("ReinforceAgent uses the episode return; use the default sparse reward (dense=False)")
         budget = budget or Budget(episodes=1000)

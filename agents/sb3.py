@@ -26,7 +26,7 @@ from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples
 from pillow_env.vector import PillowMatchVectorEnv
 
-from .base import Agent, Budget, greedy_rollout, unwrap
+from .base import Agent, Budget, greedy_rollout, unwrap_vector
 
 __all__ = ["SB3VecEnv", "SB3Agent", "MatchingPolicy", "MaskableMatchingPolicy", "ALGORITHMS"]
 
@@ -236,10 +236,7 @@ class SB3Agent(Agent):
 
     def fit(self, env, budget: Budget | None = None, *, tensorboard: str | Path | None = None,
             progress: bool = True, **kwargs: Any) -> dict[str, Any]:
-        venv = unwrap(env)
-        if not isinstance(venv, PillowMatchVectorEnv):
-            raise TypeError("SB3Agent.fit needs the vector env (gym.make_vec(..., vectorization_mode="
-                            "'vector_entry_point'))")
+        venv = unwrap_vector(env, "SB3Agent.fit")
         if venv.envs[0].observation != "embedding":
             raise ValueError("SB3 agents need observation='embedding'")
         budget = budget or Budget(episodes=1000)
