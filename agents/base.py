@@ -26,7 +26,8 @@ CONFIG_NAME = "agent.json"
 
 @dataclass(frozen=True)
 class Budget:
-    """How much a learning agent may spend: episodes and/or LLM generations (the scarce resource)."""
+    """How much a learning agent may spend: episodes and/or LLM calls (generations plus likelihood
+    passes: the scarce resource). ``generations`` keeps its name for compatibility."""
 
     episodes: int | None = None
     generations: int | None = None

@@ -1,4 +1,7 @@
-"""Baselines that learn nothing: no exemplars, random exemplars, kNN (KATE-style), BM25."""
+"""Baselines that learn nothing: no exemplars, random, kNN (KATE-style), BM25, MMR and a greedy k-DPP.
+
+Every baseline picks through the env's action mask, so a shortlist (``candidates=C``) binds them too.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pillow_env.resources import embed_examples
 
 from .base import Agent, greedy_rollout
 
-__all__ = ["ZeroShotAgent", "RandomAgent", "KNNAgent", "BM25Agent"]
+__all__ = ["ZeroShotAgent", "RandomAgent", "KNNAgent", "BM25Agent", "MMRAgent", "DPPAgent"]
 
 
 class ZeroShotAgent(Agent):
@@ -28,7 +31,7 @@ class ZeroShotAgent(Agent):
 
 
 class RandomAgent(Agent):
-    """``m`` distinct pool entries uniformly at random (seeded)."""
+    """``m`` distinct valid pool entries uniformly at random (seeded)."""
 
     name = "random"
 
@@ -40,7 +43,9 @@ class RandomAgent(Agent):
         return {"seed": self.seed}
 
     def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
-        return [int(i) for i in self._rng.choice(len(env.pool), env.m, replace=False)]
+        env.begin_reset(options={"query_index": query_index})
+        valid = np.flatnonzero(env.action_masks())
+        return [int(i) for i in self._rng.choice(valid, env.m, replace=False)]
 
 
 class KNNAgent(Agent):
@@ -55,6 +60,69 @@ class KNNAgent(Agent):
         keys = embed_examples(env.encoder, env.pool, with_output=False)
         picks = greedy_rollout(env, query_index, lambda obs: keys @ env.query_embeddings[query_index])
         return picks[::-1]
+
+
+class MMRAgent(Agent):
+    """Maximal marginal relevance: each pick maximises ``lam * sim(query, e) - (1 - lam) * max sim(e, picked)``.
+
+    Relevance against redundancy on the same embeddings kNN uses; the first (most relevant) pick is
+    placed last, next to the query. ``lam=1`` is kNN.
+    """
+
+    name = "mmr"
+
+    def __init__(self, lam: float = 0.5) -> None:
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"MMRAgent: lam must be in [0, 1], got {lam}")
+        self.lam = lam
+
+    def config(self) -> dict[str, Any]:
+        return {"lam": self.lam}
+
+    def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
+        keys = embed_examples(env.encoder, env.pool, with_output=False)
+        relevance = keys @ env.query_embeddings[query_index]
+
+        def scores(obs: dict[str, Any]) -> np.ndarray:
+            redundancy = (keys @ keys[env.chosen].T).max(axis=1) if env.chosen else 0.0
+            return self.lam * relevance - (1.0 - self.lam) * redundancy
+
+        return greedy_rollout(env, query_index, scores)[::-1]
+
+
+class DPPAgent(Agent):
+    """Greedy MAP of a k-DPP (as OpenICL's DPP retriever): relevant *and* diverse exemplars.
+
+    Kernel ``L = diag(q) S diag(q)`` with ``S`` the cosine similarity of pool entries and quality
+    ``q = exp(sim(query, e) / (2 * scale))``; each pick maximises ``log det L`` of the picked set. The
+    first pick (the most relevant) is placed last, next to the query.
+    """
+
+    name = "dpp"
+
+    def __init__(self, scale: float = 0.1) -> None:
+        if not scale > 0:
+            raise ValueError(f"DPPAgent: scale must be > 0, got {scale}")
+        self.scale = scale
+
+    def config(self) -> dict[str, Any]:
+        return {"scale": self.scale}
+
+    def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
+        keys = embed_examples(env.encoder, env.pool, with_output=False).astype(np.float64)
+        log_quality = (keys @ env.query_embeddings[query_index]) / (2 * self.scale)
+
+        def scores(obs: dict[str, Any]) -> np.ndarray:
+            # log det L_{S+e} - log det L_S = 2 log q_e + log(1 - s_e^T S_S^-1 s_e): the Schur complement.
+            if not env.chosen:
+                return 2 * log_quality
+            picked = keys[env.chosen]
+            gram = picked @ picked.T + 1e-9 * np.eye(len(env.chosen))
+            cross = keys @ picked.T
+            residual = 1.0 - np.einsum("ij,ij->i", cross @ np.linalg.inv(gram), cross)
+            return 2 * log_quality + np.log(np.clip(residual, 1e-12, None))
+
+        return greedy_rollout(env, query_index, scores)[::-1]
 
 
 _TOKEN = re.compile(r"\w+")

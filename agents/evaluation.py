@@ -42,7 +42,7 @@ def evaluate(agent: Agent, env: PillowMatchEnv, query_indices: list[int] | None 
         if len(set(sel)) != len(sel) or any(not 0 <= a < len(env.pool) for a in sel):
             raise ValueError(f"agent {agent.name!r} selected invalid pool indices {sel} for query {i}")
     result = Evaluation(agent.name)
-    before = env.engine.stats.generations
+    before = env.engine.stats.llm_calls
     for lo in tqdm(range(0, len(indices), batch_size), desc=f"evaluate {agent.name}", unit="batch",
                    disable=not progress, leave=False):
         batch = list(zip(indices[lo:lo + batch_size], selections[lo:lo + batch_size]))
@@ -53,5 +53,5 @@ def evaluate(agent: Agent, env: PillowMatchEnv, query_indices: list[int] | None 
                                      "exemplars": [env.pool[a].instruction + " | " + env.pool[a].input for a in sel],
                                      "generation": s.generation, "reference": s.reference,
                                      "reward": float(s.reward), **{k: float(v) for k, v in s.components.items()}})
-    result.generations = env.engine.stats.generations - before
+    result.generations = env.engine.stats.llm_calls - before
     return result

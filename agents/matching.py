@@ -9,10 +9,15 @@ RL only has to learn the corrections.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["MatchingNetwork"]
+__all__ = ["MatchingNetwork", "save_network", "load_network", "WEIGHTS_NAME"]
+
+WEIGHTS_NAME = "matching_network.safetensors"
 
 
 class _Residual(nn.Module):
@@ -59,3 +64,17 @@ class MatchingNetwork(nn.Module):
         if mask is not None:
             logits = logits.masked_fill(~mask, float("-inf"))
         return logits
+
+
+def save_network(net: MatchingNetwork, folder: Path) -> None:
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / WEIGHTS_NAME))
+
+
+def load_network(folder: Path, hidden: int, temperature: float, knn_init: bool) -> MatchingNetwork:
+    """Rebuild a saved network; the pool embeddings and ``m`` come from the weights themselves."""
+    state = load_file(str(folder / WEIGHTS_NAME))
+    prompts = state["prompts"]
+    m = state["state_mlp.net.0.weight"].shape[1] - 2 * prompts.shape[1] - 1
+    net = MatchingNetwork(prompts, m, hidden, temperature, knn_init)
+    net.load_state_dict(state)
+    return net.eval()

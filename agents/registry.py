@@ -8,7 +8,8 @@ from functools import partial
 from typing import Any
 
 from .base import Agent
-from .baselines import BM25Agent, KNNAgent, RandomAgent, ZeroShotAgent
+from .baselines import BM25Agent, DPPAgent, KNNAgent, MMRAgent, RandomAgent, ZeroShotAgent
+from .listwise import ListwiseAgent
 from .reinforce import ReinforceAgent
 from .sb3 import ALGORITHMS, SB3Agent
 
@@ -19,7 +20,10 @@ AGENTS: dict[str, Callable[..., Agent]] = {
     "random": RandomAgent,
     "knn": KNNAgent,
     "bm25": BM25Agent,
+    "mmr": MMRAgent,
+    "dpp": DPPAgent,
     "reinforce": ReinforceAgent,
+    "listwise": ListwiseAgent,
     **{algo: partial(SB3Agent, algo=algo) for algo in ALGORITHMS},
 }
 

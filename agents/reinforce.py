@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from pillow_env.data import examples_fingerprint
@@ -17,11 +16,9 @@ from pillow_env.resources import embed_examples
 from pillow_env.vector import PillowMatchVectorEnv
 
 from .base import Agent, Budget, greedy_rollout, unwrap_vector
-from .matching import MatchingNetwork
+from .matching import MatchingNetwork, load_network, save_network
 
 __all__ = ["ReinforceAgent"]
-
-WEIGHTS_NAME = "matching_network.safetensors"
 
 
 def _tensors(obs: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -94,7 +91,7 @@ class ReinforceAgent(Agent):
         optimizer = torch.optim.Adam(net.parameters(), lr=self.lr)
         sampler = torch.Generator().manual_seed(self.seed)
         writer = _summary_writer(tensorboard)
-        start_generations, start_hits = engine.stats.generations, engine.stats.cache_hits
+        start_generations, start_hits = engine.stats.llm_calls, engine.stats.cache_hits
         baseline: float | None = None
         episodes = generations = 0
         bar = tqdm(total=budget.episodes or budget.generations, disable=not progress,
@@ -138,7 +135,7 @@ class ReinforceAgent(Agent):
 
             # 3. Bookkeeping: budget, progress, TensorBoard scalars.
             episodes += venv.num_envs
-            new_generations = engine.stats.generations - start_generations
+            new_generations = engine.stats.llm_calls - start_generations
             bar.update(venv.num_envs if budget.episodes else new_generations - generations)
             generations = new_generations
             record = {"episodes": episodes, "generations": generations, "reward": mean_return,
@@ -168,16 +165,11 @@ class ReinforceAgent(Agent):
     def _save_weights(self, path: Path) -> None:
         if self.net is None:
             raise ValueError("nothing to save: fit or prepare the agent first")
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(path / WEIGHTS_NAME))
+        save_network(self.net, path)
         (path / "history.json").write_text(json.dumps(self.history))
 
     def _load_weights(self, path: Path) -> None:
-        state = load_file(str(path / WEIGHTS_NAME))
-        prompts = state["prompts"]
-        m = state["state_mlp.net.0.weight"].shape[1] - 2 * prompts.shape[1] - 1
-        self.net = MatchingNetwork(prompts, m, self.hidden, self.temperature, self.knn_init)
-        self.net.load_state_dict(state)
-        self.net.eval()
+        self.net = load_network(path, self.hidden, self.temperature, self.knn_init)
         history = path / "history.json"
         self.history = json.loads(history.read_text()) if history.is_file() else []
 

@@ -101,7 +101,7 @@ class _BudgetCallback(BaseCallback):
     def __init__(self, engine, budget: Budget, m: int, progress: bool, desc: str) -> None:
         super().__init__()
         self.engine, self.budget, self.m, self.progress, self.desc = engine, budget, m, progress, desc
-        self.start_generations = engine.stats.generations
+        self.start_generations = engine.stats.llm_calls
         self.start_hits = engine.stats.cache_hits
         self.history: list[dict[str, float]] = []
         self._returns: list[float] = []
@@ -112,7 +112,7 @@ class _BudgetCallback(BaseCallback):
                         unit="episode" if self.budget.episodes else "generation")
 
     def _on_step(self) -> bool:
-        generations = self.engine.stats.generations - self.start_generations
+        generations = self.engine.stats.llm_calls - self.start_generations
         episodes = self.num_timesteps // self.m
         for info in self.locals.get("infos", []):
             if "episode" in info:
@@ -261,7 +261,7 @@ class SB3Agent(Agent):
         self.model.learn(total_timesteps=total, callback=callback, tb_log_name=self.algo)
         self.history = callback.history
         return {"episodes": self.model.num_timesteps // m,
-                "generations": venv.engine.stats.generations - callback.start_generations, "history": self.history}
+                "generations": venv.engine.stats.llm_calls - callback.start_generations, "history": self.history}
 
     @torch.no_grad()
     def scores(self, obs: dict[str, Any]) -> np.ndarray:

@@ -193,34 +193,44 @@ class Backbone:
         return outputs
 
     @torch.no_grad()
-    def loglik(self, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
-        """Sum of log-probabilities of each target continuation given its prompt.
+    def loglik(self, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 16,
+               mean: bool = False) -> np.ndarray:
+        """Sum (or, with ``mean``, per-token mean) of the log-probabilities of each target given its prompt.
 
-        Prompt and target are tokenized separately and concatenated, so the target's tokens are
-        exactly those it would be scored on regardless of merges across the boundary.
+        One teacher-forced forward pass, no decoding. Prompt and target are tokenized separately and
+        concatenated, so the target's tokens are exactly those it would be scored on regardless of
+        merges across the boundary.
         """
         if len(prompts) != len(targets):
             raise ValueError(f"loglik: {len(prompts)} prompts but {len(targets)} targets")
-        scores = np.zeros(len(prompts), dtype=np.float64)
+        p_ids = self.tokenizer(list(prompts), add_special_tokens=self._add_special_tokens)["input_ids"] if prompts else []
+        t_ids = self.tokenizer(list(targets), add_special_tokens=False)["input_ids"] if targets else []
+        for i, (p, t) in enumerate(zip(p_ids, t_ids)):
+            if not p:
+                raise ValueError(f"loglik: prompt {i} is empty; need at least one token of context")
+            if not t:
+                raise ValueError(f"loglik: target {i} is empty; nothing to score")
+        scores = np.zeros(len(p_ids), dtype=np.float64)
+        order = sorted(range(len(p_ids)), key=lambda i: len(p_ids[i]) + len(t_ids[i]))
         pad = self.tokenizer.pad_token_id
-        for start in range(0, len(prompts), batch_size):
-            p_ids = self.tokenizer(list(prompts[start:start + batch_size]),
-                                   add_special_tokens=self._add_special_tokens)["input_ids"]
-            t_ids = self.tokenizer(list(targets[start:start + batch_size]), add_special_tokens=False)["input_ids"]
-            seqs = [p + t for p, t in zip(p_ids, t_ids)]
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            seqs = [p_ids[i] + t_ids[i] for i in rows]
             width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            keep = max(len(t_ids[i]) for i in rows) + 1  # only the target positions need logits
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
-            for row, s in enumerate(seqs):
-                ids[row, :len(s)] = torch.tensor(s)
-                mask[row, :len(s)] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            for row, s in enumerate(seqs):  # left padding: every target ends at the last position
+                ids[row, width - len(s):] = torch.tensor(s)
+                mask[row, width - len(s):] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                position_ids=positions.to(self.device), logits_to_keep=keep).logits
             logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            picked = logprobs.gather(-1, ids[:, 1:].to(self.device).unsqueeze(-1)).squeeze(-1).cpu()
-            for row, (p, t) in enumerate(zip(p_ids, t_ids)):
-                if not p:
-                    raise ValueError(f"loglik: prompt {start + row} is empty; need at least one token of context")
-                scores[start + row] = picked[row, len(p) - 1:len(p) - 1 + len(t)].sum().item()
+            picked = logprobs.gather(-1, ids[:, width - keep + 1:].to(self.device).unsqueeze(-1)).squeeze(-1).cpu()
+            for row, i in enumerate(rows):
+                span = picked[row, keep - 1 - len(t_ids[i]):]
+                scores[i] = (span.mean() if mean else span.sum()).item()
         return scores
 
 

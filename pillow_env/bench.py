@@ -1,8 +1,12 @@
 """``pillow-env bench``: train the learning agents, evaluate every agent, write JSON, Markdown and a plot.
 
 All agents share one LLM, one reward engine and one disk cache (``OUT/cache.sqlite`` unless
-``--cache``), so no answer is generated twice. ``results.json`` is rewritten after each agent: an
-interrupted run keeps every finished agent and, re-run with the same settings, skips them.
+``--cache``), so no answer is generated twice; every scored episode is appended to
+``OUT/trajectories.jsonl``. Learners may train on the likelihood signal (``train_reward="loglik"``);
+evaluation always uses the generation-based ``PillowReward``. Each agent is compared with a
+reference agent (kNN by default) on the same test queries: mean difference and 95% paired
+bootstrap interval. ``results.json`` is rewritten after each agent: an interrupted run keeps every
+finished agent and, re-run with the same settings, skips them.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ class BenchConfig:
     max_new_tokens: int = 24
     test_limit: int | None = None
     agent_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    candidates: int | None = None
+    train_reward: str = "pillow"
+    reference: str = "knn"
 
 
 def load_split(source: str, part: str, seed: int) -> list[Example]:
@@ -55,7 +62,8 @@ def _settings(config: BenchConfig, pool: list[Example], train: list[Example], te
     """What results depend on; a resumed run must match it."""
     return {"model": config.model, "adapter": config.adapter, "shots": config.shots, "seed": config.seed,
             "episodes": config.episodes, "max_new_tokens": config.max_new_tokens, "num_envs": config.num_envs,
-            "agent_kwargs": config.agent_kwargs, "pool": examples_fingerprint(pool), "train": examples_fingerprint(train),
+            "agent_kwargs": config.agent_kwargs, "candidates": config.candidates,
+            "train_reward": config.train_reward, "pool": examples_fingerprint(pool), "train": examples_fingerprint(train),
             "test": examples_fingerprint(test)}
 
 
@@ -71,6 +79,8 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     unknown = [a for a in [*config.agents, *config.agent_kwargs] if a not in AGENTS]
     if unknown:
         raise ValueError(f"unknown agent(s) {', '.join(unknown)}; valid agents: {', '.join(AGENTS)}")
+    if config.train_reward not in ("pillow", "loglik"):
+        raise ValueError(f"train_reward must be 'pillow' or 'loglik', got {config.train_reward!r}")
     pool = load_split(config.pool, "pool", config.seed)
     train = load_split(config.train, "train", config.seed)
     test = load_split(config.test, "test", config.seed)
@@ -97,25 +107,29 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     from .vector import PillowMatchVectorEnv
 
     encoder = load_encoder("minilm")
-    engine = RewardEngine(shared_backbone(config.model, config.adapter), PillowReward(encoder=encoder),
-                          max_new_tokens=config.max_new_tokens, batch_size=config.num_envs,
-                          cache_path=config.cache or out / "cache.sqlite")
-    test_env = PillowMatchEnv(pool, test, m=config.shots, engine=engine, encoder=encoder)
+    common = {"max_new_tokens": config.max_new_tokens, "batch_size": config.num_envs,
+              "cache_path": config.cache or out / "cache.sqlite", "log_path": out / "trajectories.jsonl"}
+    backbone = shared_backbone(config.model, config.adapter)
+    engine = RewardEngine(backbone, PillowReward(encoder=encoder), **common)
+    train_engine = engine if config.train_reward == "pillow" else \
+        RewardEngine(backbone, PillowReward(encoder=encoder), signal="loglik", **common)
+    test_env = PillowMatchEnv(pool, test, m=config.shots, engine=engine, encoder=encoder,
+                              candidates=config.candidates)
 
     for name in config.agents:
         if name in results["agents"]:
             print(f"{name}: already in {results_path}, skipped")
             continue
-        start, start_generations = time.perf_counter(), engine.stats.generations
+        start, start_calls = time.perf_counter(), train_engine.stats.llm_calls
         agent = make_seeded_agent(name, config.seed, **config.agent_kwargs.get(name, {}))
         log: dict[str, Any] = {}
         if agent.learns:
-            venv = PillowMatchVectorEnv(config.num_envs, pool=pool, queries=train, m=config.shots, engine=engine,
-                                        encoder=encoder)
+            venv = PillowMatchVectorEnv(config.num_envs, pool=pool, queries=train, m=config.shots,
+                                        engine=train_engine, encoder=encoder, candidates=config.candidates)
             log = agent.fit(venv, Budget(episodes=config.episodes), progress=progress,
                             tensorboard=out / "tensorboard")
             agent.save(out / "agents" / name)
-        train_generations = engine.stats.generations - start_generations
+        train_generations = train_engine.stats.llm_calls - start_calls
         evaluation = evaluate(agent, test_env, progress=progress)
         record = {
             **{k: evaluation.means.get(k, float("nan")) for k in METRICS},
@@ -132,7 +146,10 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
         print(f"{name}: reward {record['reward']:.3f}  ROUGE-L {record['rouge_l']:.3f}  "
               f"generations {record['generations']}  {record['wall_seconds']:.0f} s")
 
+    add_paired(results, config.reference)
     results["engine"] = engine.stats.as_dict()
+    if train_engine is not engine:
+        results["train_engine"] = train_engine.stats.as_dict()
     _write_json(results_path, results)
     (out / "results.md").write_text(results_table(results))
     plot_curves(results, out / "curves.png")
@@ -141,15 +158,38 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     return results
 
 
+def add_paired(results: dict[str, Any], reference: str) -> None:
+    """Per agent: reward minus the reference agent's on the same test queries, with a 95% paired bootstrap CI."""
+    from .stats import paired_bootstrap
+
+    agents = results["agents"]
+    results["reference"] = reference if reference in agents else None
+    results["paired"] = {}
+    if reference not in agents:
+        return
+    ref = {r["query_index"]: r["reward"] for r in agents[reference]["per_query"]}
+    for name, record in agents.items():
+        diffs = [r["reward"] - ref[r["query_index"]] for r in record["per_query"] if r["query_index"] in ref]
+        results["paired"][name] = paired_bootstrap(diffs)
+
+
 def results_table(results: dict[str, Any]) -> str:
     s = results["settings"]
+    reference = results.get("reference")
+    train = " (trained on the likelihood signal)" if s.get("train_reward") == "loglik" else ""
+    shortlist = f", actions restricted to the {s['candidates']} nearest exemplars" if s.get("candidates") else ""
     lines = [f"Model `{s['model']}`{' + adapter ' + str(s['adapter']) if s['adapter'] else ''}, "
-             f"{s['shots']} shots, {s['episodes']} training episodes per learning agent, seed {s['seed']}.", "",
-             "| agent | reward | ROUGE-L | semantic | exact match | LLM generations | wall s |",
-             "|---|---|---|---|---|---|---|"]
+             f"{s['shots']} shots, {s['episodes']} training episodes per learning agent{train}{shortlist}, "
+             f"seed {s['seed']}.", "",
+             f"| agent | reward | {'vs ' + reference + ' [95% paired CI]' if reference else 'vs reference'} | ROUGE-L | "
+             "semantic | exact match | LLM calls (train + eval) | wall s |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in results["agents"].items():
-        lines.append(f"| {name} | {r['reward']:.3f} | {r['rouge_l']:.3f} | {r['semantic']:.3f} | "
-                     f"{r['exact_match']:.3f} | {r['generations']} | {r['wall_seconds']:.0f} |")
+        d = results.get("paired", {}).get(name)
+        paired = f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d and reference != name else "-"
+        lines.append(f"| {name} | {r['reward']:.3f} | {paired} | {r['rouge_l']:.3f} | {r['semantic']:.3f} | "
+                     f"{r['exact_match']:.3f} | {r['train_generations']} + {r['eval_generations']} | "
+                     f"{r['wall_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

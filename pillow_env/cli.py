@@ -49,6 +49,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _add_training(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--candidates", type=_positive, default=None,
+                   help="restrict actions to the C pool entries nearest each query (default: whole pool)")
+    p.add_argument("--train-reward", choices=("pillow", "loglik"), default="pillow",
+                   help="training signal: generation + PillowReward, or the reference's likelihood "
+                        "(evaluation always uses PillowReward)")
+
+
 def _add_data(p: argparse.ArgumentParser, *, test: bool = True) -> None:
     p.add_argument("--pool", type=_source, default="builtin", help="exemplar pool file, or 'builtin'")
     p.add_argument("--train", type=_source, default="builtin", help="training queries file, or 'builtin'")
@@ -75,10 +83,11 @@ def _bench(args: argparse.Namespace) -> None:
                           model=args.model, adapter=args.adapter, episodes=args.episodes, seed=args.seed,
                           out=str(args.out), cache=args.cache, num_envs=args.num_envs,
                           max_new_tokens=args.max_new_tokens, test_limit=args.test_limit,
-                          agent_kwargs=args.agent_kwargs))
+                          agent_kwargs=args.agent_kwargs, candidates=args.candidates,
+                          train_reward=args.train_reward, reference=args.reference))
 
 
-def _engine_and_envs(args: argparse.Namespace, queries_source: str, part: str):
+def _engine_and_envs(args: argparse.Namespace, queries_source: str, part: str, signal: str = "pillow"):
     from .bench import load_split
     from .encoder import load_encoder
     from .engine import RewardEngine
@@ -89,7 +98,8 @@ def _engine_and_envs(args: argparse.Namespace, queries_source: str, part: str):
     queries = load_split(queries_source, part, args.seed)
     encoder = load_encoder("minilm")
     engine = RewardEngine(shared_backbone(args.model, args.adapter), PillowReward(encoder=encoder),
-                          max_new_tokens=args.max_new_tokens, cache_path=args.cache)
+                          max_new_tokens=args.max_new_tokens, cache_path=args.cache,
+                          signal="loglik" if signal == "loglik" else "generate")
     return pool, queries, encoder, engine
 
 
@@ -121,10 +131,10 @@ def _train_agent(args: argparse.Namespace) -> None:
 
     from .vector import PillowMatchVectorEnv
 
-    pool, queries, encoder, engine = _engine_and_envs(args, args.train, "train")
+    pool, queries, encoder, engine = _engine_and_envs(args, args.train, "train", signal=args.train_reward)
     venv = PillowMatchVectorEnv(args.num_envs, pool=pool, queries=queries, m=args.shots, engine=engine,
-                                encoder=encoder)
-    agent = make_seeded_agent(args.agent, args.seed)
+                                encoder=encoder, candidates=args.candidates)
+    agent = make_seeded_agent(args.agent, args.seed, **args.agent_kwargs.get(args.agent, {}))
     log = agent.fit(venv, Budget(episodes=args.episodes), tensorboard=args.tensorboard)
     path = agent.save(args.out)
     print(f"trained {agent.name}: {log.get('episodes', 0)} episodes, {log.get('generations', 0)} LLM generations; "
@@ -165,9 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=Path("runs/bench"))
     bench.add_argument("--cache", default=None, help="SQLite reward cache to reuse (default OUT/cache.sqlite)")
     bench.add_argument("--num-envs", type=_positive, default=16)
+    _add_training(bench)
     bench.add_argument("--test-limit", type=_positive, default=None, help="evaluate on the first N test queries")
     bench.add_argument("--agent-kwargs", type=_agent_kwargs, default={},
                        help='per-agent constructor arguments as JSON, e.g. \'{"reinforce": {"lr": 0.001}}\'')
+    bench.add_argument("--reference", type=_agent_name, default="knn",
+                       help="agent every other is compared with (paired bootstrap interval)")
     bench.set_defaults(func=_bench)
 
     insp = sub.add_parser("inspect", help="one query, one agent: exemplars, prompt, generation, reward")
@@ -186,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     tra.add_argument("--num-envs", type=_positive, default=16)
     tra.add_argument("--out", type=Path, required=True)
     tra.add_argument("--tensorboard", default=None, help="TensorBoard log folder")
+    tra.add_argument("--agent-kwargs", type=_agent_kwargs, default={},
+                     help='constructor arguments as JSON, e.g. \'{"listwise": {"candidates": 6}}\'')
+    _add_training(tra)
     tra.add_argument("--cache", default=None)
     tra.set_defaults(func=_train_agent)
 

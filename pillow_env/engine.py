@@ -4,6 +4,11 @@ Each request is (chosen exemplars, query). The engine renders them, looks every 
 memory LRU, then the disk cache, and sends only the misses, deduplicated, to the generator as
 batches; it scores the new generations in one vectorised call and stores them in both caches.
 
+Two signals: ``"generate"`` (greedy answer scored by the reward function: what PILLOW reports) and
+``"loglik"`` (the reference's mean token log-likelihood given the prompt, one forward pass and no
+decoding, mapped to ``2 * exp(mean logprob) - 1`` in (-1, 1]: a cheaper, deterministic training signal).
+Every scored request can be appended to a trajectory log for off-policy learners.
+
 The key is a hash of the generator's fingerprint (weights + adapter + prompt format), the
 generation settings, the reward settings, the rendered prompt and the reference, so a cache file
 can be shared across runs and algorithms without ever serving a stale score.
@@ -16,19 +21,25 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from .cache import DiskCache, LRUCache
 from .data import Example
 from .rewards import RewardFn, check_reward
+from .trajectories import TrajectoryLog, example_key
 
-__all__ = ["Generator", "RewardEngine", "ScoredGeneration", "EngineStats"]
+__all__ = ["Generator", "RewardEngine", "ScoredGeneration", "EngineStats", "SIGNALS"]
+
+SIGNALS = ("generate", "loglik")
 
 
 class Generator(Protocol):
-    """What the engine needs from an LLM backend (``Backbone`` is the in-process one)."""
+    """What the engine needs from an LLM backend (``Backbone`` is the in-process one).
+
+    ``loglik(prompts, targets, mean=True)`` is optional: only the ``"loglik"`` signal needs it.
+    """
 
     fingerprint: str
     renderer: Any
@@ -55,6 +66,7 @@ class ScoredGeneration:
 class EngineStats:
     requests: int = 0
     generations: int = 0
+    loglik_passes: int = 0
     memory_hits: int = 0
     disk_hits: int = 0
     duplicates: int = 0
@@ -71,8 +83,13 @@ class EngineStats:
     def cache_hits(self) -> int:
         return self.memory_hits + self.disk_hits
 
+    @property
+    def llm_calls(self) -> int:
+        """Generations plus likelihood passes: what the LLM was actually asked for."""
+        return self.generations + self.loglik_passes
+
     def as_dict(self) -> dict[str, float]:
-        return {**asdict(self), "cache_hits": self.cache_hits}
+        return {**asdict(self), "cache_hits": self.cache_hits, "llm_calls": self.llm_calls}
 
 
 def _as_scorer(reward: Callable[..., Any]) -> Callable[[Sequence[str], Sequence[str]], dict[str, np.ndarray]]:
@@ -98,10 +115,13 @@ class RewardEngine:
     Args:
         generator: the LLM (a :class:`~pillow_env.backbone.Backbone` or anything with the same
             ``generate`` / ``count_tokens`` / ``fingerprint`` / ``renderer``).
-        reward: a :class:`~pillow_env.rewards.PillowReward` or any ``fn(predictions, references)``.
+        reward: a :class:`~pillow_env.rewards.PillowReward` or any ``fn(predictions, references)``
+            (``"generate"`` signal only).
+        signal: ``"generate"`` (answer, then reward) or ``"loglik"`` (likelihood of the reference).
         max_new_tokens, batch_size, stop: generation settings (part of the cache key).
         memory_cache_size: entries kept in the in-memory LRU.
         cache_path: an SQLite file shared across runs (``None``: memory only).
+        log_path: a JSONL trajectory log; every scored request is appended (``None``: no log).
     """
 
     generator: Generator
@@ -111,14 +131,25 @@ class RewardEngine:
     stop: tuple[str, ...] = ()
     memory_cache_size: int = 200_000
     cache_path: str | Path | None = None
+    signal: Literal["generate", "loglik"] = "generate"
+    log_path: str | Path | None = None
     stats: EngineStats = field(default_factory=EngineStats, init=False)
 
     def __post_init__(self) -> None:
+        if self.signal not in SIGNALS:
+            raise ValueError(f"signal must be one of {', '.join(SIGNALS)}, got {self.signal!r}")
+        if self.signal == "loglik" and not callable(getattr(self.generator, "loglik", None)):
+            raise ValueError(f"the LLM backend {type(self.generator).__name__} cannot score likelihoods; "
+                             "use signal='generate' or an in-process Hugging Face model")
         self._score = _as_scorer(self.reward)
         self._memory = LRUCache(self.memory_cache_size)
         self._disk = DiskCache(self.cache_path) if self.cache_path is not None else None
-        reward_fp = getattr(self.reward, "fingerprint", None) or _name(self.reward)
-        settings = repr((self.generator.fingerprint, self.max_new_tokens, tuple(self.stop), reward_fp))
+        self._log = TrajectoryLog(self.log_path) if self.log_path is not None else None
+        if self.signal == "loglik":
+            settings = repr((self.generator.fingerprint, "loglik-mean-v1"))
+        else:
+            reward_fp = getattr(self.reward, "fingerprint", None) or _name(self.reward)
+            settings = repr((self.generator.fingerprint, self.max_new_tokens, tuple(self.stop), reward_fp))
         self._prefix = hashlib.sha256(settings.encode()).digest()
         self._renders = LRUCache(self.memory_cache_size)
 
@@ -183,11 +214,19 @@ class RewardEngine:
                 stats.cache_seconds += time.perf_counter() - t
 
         fresh = set(missing)
-        return [ScoredGeneration(p, found[k]["generation"], r, found[k]["reward"], found[k]["components"],
-                                 cached=k not in fresh)
-                for p, r, k in zip(prompts, references, keys)]
+        results = [ScoredGeneration(p, found[k]["generation"], r, found[k]["reward"], found[k]["components"],
+                                    cached=k not in fresh)
+                   for p, r, k in zip(prompts, references, keys)]
+        if self._log is not None:
+            self._log.append({"query": example_key(q), "exemplars": [example_key(e) for e in ex],
+                              "reward": s.reward, "components": dict(s.components), "cached": s.cached,
+                              "signal": self.signal, "fingerprint": self.fingerprint}
+                             for (ex, q), s in zip(requests, results))
+        return results
 
     def _run(self, prompts: list[str], references: list[str]) -> list[dict[str, Any]]:
+        if self.signal == "loglik":
+            return self._run_loglik(prompts, references)
         stats = self.stats
         t = time.perf_counter()
         generations = self.generator.generate(prompts, self.max_new_tokens, batch_size=self.batch_size,
@@ -204,6 +243,19 @@ class RewardEngine:
         return [{"generation": g, "reward": float(parts["reward"][i]),
                  "components": {name: float(v[i]) for name, v in parts.items() if name != "reward"}}
                 for i, g in enumerate(generations)]
+
+    def _run_loglik(self, prompts: list[str], references: list[str]) -> list[dict[str, Any]]:
+        stats = self.stats
+        t = time.perf_counter()
+        mean_logprob = self.generator.loglik(prompts, references, batch_size=self.batch_size, mean=True)
+        stats.generation_seconds += time.perf_counter() - t
+        stats.loglik_passes += len(prompts)
+        stats.generate_calls += 1
+        stats.max_batch = max(stats.max_batch, len(prompts))
+        stats.prompt_tokens += sum(self.generator.count_tokens(prompts))
+        rewards = check_reward("loglik", 2.0 * np.exp(np.asarray(mean_logprob, dtype=np.float64)) - 1.0, len(prompts))
+        return [{"generation": "", "reward": float(r), "components": {"mean_logprob": float(lp)}}
+                for r, lp in zip(rewards, mean_logprob)]
 
     def close(self) -> None:
         if self._disk is not None:

@@ -58,7 +58,8 @@ class PillowMatchEnv(gym.Env):
     ## Action
 
     ``Discrete(K)``: the pool index of the next exemplar. An index chosen before in this episode is
-    invalid (``action_masks()`` / ``info["action_mask"]`` mark the valid ones). With
+    invalid, and so, with ``candidates=C``, is any index outside the C pool entries nearest the query
+    (its shortlist); ``action_masks()`` / ``info["action_mask"]`` mark the valid ones. With
     ``invalid_action="raise"`` it raises ``ValueError``; with ``"penalize"`` (default) the step is a
     no-op with reward ``invalid_penalty``, and after ``2 * m`` invalid actions the episode is truncated,
     so an agent that ignores masks cannot loop forever.
@@ -70,7 +71,9 @@ class PillowMatchEnv(gym.Env):
     reference (``PillowReward``: 0.5 ROUGE-L + 0.5 MiniLM cosine). ``info`` then carries ``prompt``,
     ``generation``, ``reference`` and each component. Dense (``dense=True``): the LLM answers after
     every step and the reward is the improvement over the previous step (step 0 = zero-shot), so the
-    rewards of an episode sum to the final score minus the zero-shot score.
+    rewards of an episode sum to the final score minus the zero-shot score. ``reward="loglik"``
+    replaces generation by one forward pass: the reference's mean token log-likelihood given the
+    prompt, as ``2 * exp(mean logprob) - 1`` (a cheaper training signal; evaluate with the default).
 
     ## Episode
 
@@ -87,25 +90,30 @@ class PillowMatchEnv(gym.Env):
     | ``m`` | 2 | exemplars per episode |
     | ``model`` / ``adapter`` | SmolLM2-135M-Instruct / ``None`` | any HF causal LM name/path; peft adapter folder |
     | ``encoder`` | ``"minilm"`` | sentence encoder (name or loaded ``Encoder``) for observations and reward |
-    | ``reward`` | ``None`` | ``None`` = ``PillowReward``; or any ``fn(predictions, references)`` |
+    | ``reward`` | ``None`` | ``None`` / ``"pillow"`` = ``PillowReward``; ``"loglik"``; or any ``fn(predictions, references)`` |
     | ``engine`` | ``None`` | share an existing ``RewardEngine`` (overrides model/adapter/reward) |
     | ``cache_path`` | ``None`` | SQLite file caching generations across runs |
     | ``max_new_tokens`` | 24 | generation budget per answer |
+    | ``candidates`` | ``None`` | restrict actions to the C pool entries nearest the query (``None``: whole pool) |
+    | ``trajectory_log`` | ``None`` | JSONL file; every scored episode is appended (for off-policy learners) |
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(self, pool: ExampleSource = "builtin", queries: ExampleSource = "builtin", *,
                  split: str = "train", m: int = 2, model: str = DEFAULT_MODEL, adapter: str | None = None,
-                 encoder: str | Encoder = "minilm", reward: Callable[..., Any] | None = None,
+                 encoder: str | Encoder = "minilm", reward: Callable[..., Any] | str | None = None,
                  engine: RewardEngine | None = None, cache_path: str | Path | None = None,
-                 max_new_tokens: int = 24, observation: Literal["embedding", "index"] = "embedding",
+                 max_new_tokens: int = 24, candidates: int | None = None,
+                 trajectory_log: str | Path | None = None, observation: Literal["embedding", "index"] = "embedding",
                  invalid_action: Literal["raise", "penalize"] = "penalize", invalid_penalty: float = -1.0,
                  dense: bool = False, suite_seed: int = 0, render_mode: str | None = None) -> None:
         self.pool = _examples(pool, "pool", split, suite_seed)
         self.queries = _examples(queries, "queries", split, suite_seed)
         if not 1 <= m <= len(self.pool):
             raise ValueError(f"m must be between 1 and the pool size {len(self.pool)}, got {m}")
+        if candidates is not None and not m <= candidates:
+            raise ValueError(f"candidates must be None or at least m={m}, got {candidates}")
         if invalid_action not in ("raise", "penalize"):
             raise ValueError(f"invalid_action must be 'raise' or 'penalize', got {invalid_action!r}")
         if observation not in ("embedding", "index"):
@@ -117,18 +125,29 @@ class PillowMatchEnv(gym.Env):
         self.render_mode = render_mode
 
         self.encoder = load_encoder(encoder) if isinstance(encoder, str) else encoder
+        if isinstance(reward, str) and reward not in ("pillow", "loglik"):
+            raise ValueError(f"reward must be None, 'pillow', 'loglik' or a callable, got {reward!r}")
+        signal = "loglik" if reward == "loglik" else "generate"
         if engine is not None:
             self.engine = engine
-        elif reward is None and isinstance(encoder, str):
-            self.engine = shared_engine(model, adapter, encoder, max_new_tokens, resolve_cache_path(cache_path))
+        elif (reward is None or isinstance(reward, str)) and isinstance(encoder, str):
+            self.engine = shared_engine(model, adapter, encoder, max_new_tokens, resolve_cache_path(cache_path),
+                                        signal, resolve_cache_path(trajectory_log))
         else:
             self.engine = RewardEngine(shared_backbone(model, adapter),
-                                       reward if reward is not None else PillowReward(encoder=self.encoder),
-                                       max_new_tokens=max_new_tokens, cache_path=resolve_cache_path(cache_path))
+                                       PillowReward(encoder=self.encoder) if reward is None or isinstance(reward, str)
+                                       else reward, max_new_tokens=max_new_tokens,
+                                       cache_path=resolve_cache_path(cache_path), signal=signal,
+                                       log_path=resolve_cache_path(trajectory_log))
 
         k = len(self.pool)
         self.pool_embeddings = embed_examples(self.encoder, self.pool, with_output=True)
         self.query_embeddings = embed_examples(self.encoder, self.queries, with_output=False)
+        self.candidates = None if candidates is None else min(candidates, k)
+        self.shortlists: np.ndarray | None = None  # (Q, C) pool indices, nearest first
+        if self.candidates is not None:
+            similarity = self.query_embeddings @ embed_examples(self.encoder, self.pool, with_output=False).T
+            self.shortlists = np.argsort(-similarity, axis=1, kind="stable")[:, :self.candidates]
         d = self.pool_embeddings.shape[1]
         self.action_space = spaces.Discrete(k)
         common = {"chosen_mask": spaces.MultiBinary(k), "step": spaces.Discrete(m + 1)}
@@ -176,8 +195,13 @@ class PillowMatchEnv(gym.Env):
         return self.queries[self.query_index]
 
     def action_masks(self) -> np.ndarray:
-        """Valid actions (``True``): pool entries not chosen yet in this episode (sb3-contrib convention)."""
-        mask = np.ones(len(self.pool), dtype=bool)
+        """Valid actions (``True``): pool entries not chosen yet in this episode (and, with
+        ``candidates``, on the query's shortlist); the sb3-contrib convention."""
+        if self.shortlists is None:
+            mask = np.ones(len(self.pool), dtype=bool)
+        else:
+            mask = np.zeros(len(self.pool), dtype=bool)
+            mask[self.shortlists[self.query_index]] = True
         mask[self.chosen] = False
         return mask
 
@@ -203,9 +227,11 @@ class PillowMatchEnv(gym.Env):
         a = int(np.asarray(action).item())
         if not 0 <= a < len(self.pool):
             raise ValueError(f"action {a} is outside the pool (Discrete({len(self.pool)}))")
-        if a in self.chosen:
+        if not self.action_masks()[a]:
             if self.invalid_action == "raise":
-                raise ValueError(f"action {a}: pool entry already chosen in this episode (chosen {self.chosen}); "
+                why = "already chosen in this episode" if a in self.chosen else \
+                    f"not among the query's {self.candidates} candidates"
+                raise ValueError(f"action {a}: pool entry {why} (chosen {self.chosen}); "
                                  "use action_masks() or invalid_action='penalize'")
             self._invalid += 1
             self._step_invalid = True

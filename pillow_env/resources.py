@@ -32,10 +32,11 @@ def shared_backbone(model: str = DEFAULT_MODEL, adapter: str | None = None) -> B
 
 @functools.lru_cache(maxsize=8)
 def shared_engine(model: str = DEFAULT_MODEL, adapter: str | None = None, encoder: str = "minilm",
-                  max_new_tokens: int = 24, cache_path: str | None = None) -> RewardEngine:
-    """The engine for the default reward on a named model: one per distinct setting."""
+                  max_new_tokens: int = 24, cache_path: str | None = None, signal: str = "generate",
+                  log_path: str | None = None) -> RewardEngine:
+    """The engine for the default reward (or the likelihood signal) on a named model: one per distinct setting."""
     return RewardEngine(shared_backbone(model, adapter), PillowReward(encoder=load_encoder(encoder)),
-                        max_new_tokens=max_new_tokens, cache_path=cache_path)
+                        max_new_tokens=max_new_tokens, cache_path=cache_path, signal=signal, log_path=log_path)
 
 
 _EMBEDDINGS: dict[tuple[str, str, bool], np.ndarray] = {}

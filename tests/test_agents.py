@@ -28,7 +28,7 @@ def single(engine, encoder, queries=TEST):
 
 
 def test_unknown_agent_lists_valid_names():
-    with pytest.raises(ValueError, match="valid agents: zero_shot, random, knn, bm25, reinforce, ppo"):
+    with pytest.raises(ValueError, match="valid agents: zero_shot, random, knn, bm25, mmr, dpp, reinforce, listwise, ppo"):
         make_agent("sac")
 
 

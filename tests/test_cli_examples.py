@@ -71,7 +71,7 @@ def test_cli_errors_are_clear(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["bench", "--agents", "knn,sac"])
     err = capsys.readouterr().err
-    assert "unknown agent(s) sac" in err and "valid agents: zero_shot, random, knn, bm25, reinforce" in err
+    assert "unknown agent(s) sac" in err and "valid agents: zero_shot, random, knn, bm25, mmr, dpp, reinforce" in err
     with pytest.raises(SystemExit):
         main(["bench", "--pool", str(tmp_path / "missing.jsonl")])
     assert f"file not found: {tmp_path / 'missing.jsonl'}" in capsys.readouterr().err
