@@ -1,0 +1,211 @@
+"""Learning to beat retrieval: the likelihood signal, the shortlist, trajectory logs, MMR / DPP, the
+listwise agent and paired statistics (tiny model and stub LLM; fast tier)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from agents import AGENTS, Budget, DPPAgent, KNNAgent, ListwiseAgent, MMRAgent, make_agent
+from pillow_env import Example, builtin_suite
+from pillow_env.engine import RewardEngine
+from pillow_env.env import PillowMatchEnv
+from pillow_env.rewards import PillowReward
+from pillow_env.stats import paired_bootstrap
+from pillow_env.trajectories import example_key, read_trajectories
+from pillow_env.vector import PillowMatchVectorEnv
+
+from .test_agents import StubGenerator, stub_reward
+
+SUITE = builtin_suite(0)
+POOL, TRAIN, TEST = SUITE.pool[:10], SUITE.train[:16], SUITE.test[:8]
+
+
+@pytest.fixture
+def engine(tiny_backbone, hash_encoder):
+    return RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), max_new_tokens=3)
+
+
+# -- likelihood signal ---------------------------------------------------------------------------
+
+def test_loglik_signal_is_mapped_mean_logprob_and_cached_apart(tiny_backbone, hash_encoder, tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    ll = RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), signal="loglik", cache_path=cache)
+    gen = RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), max_new_tokens=3, cache_path=cache)
+    requests = [(POOL[:2], TEST[0]), ([POOL[3]], TEST[1])]
+    scored = ll.score(requests)
+    prompts = [ll.render(ex, q) for ex, q in requests]
+    mean = tiny_backbone.loglik(prompts, [q.output for _, q in requests], mean=True)
+    total = tiny_backbone.loglik(prompts, [q.output for _, q in requests])
+    n_tokens = [len(tiny_backbone.tokenizer(q.output, add_special_tokens=False)["input_ids"]) for _, q in requests]
+    np.testing.assert_allclose(mean, total / np.array(n_tokens), rtol=1e-5)
+    np.testing.assert_allclose([s.reward for s in scored], 2 * np.exp(mean) - 1, rtol=1e-5)
+    assert all(-1 < s.reward <= 1 and s.generation == "" for s in scored)
+    assert ll.stats.loglik_passes == 2 and ll.stats.generations == 0 and ll.stats.llm_calls == 2
+    assert ll.fingerprint != gen.fingerprint
+    gen.score(requests)  # same prompts, same cache file: the generation signal is never served a likelihood
+    assert gen.stats.generations == 2 and gen.stats.disk_hits == 0
+
+
+def test_loglik_needs_a_backend_that_can_score():
+    class NoScoring:
+        fingerprint, renderer = "x", None
+
+    with pytest.raises(ValueError, match="cannot score likelihoods"):
+        RewardEngine(NoScoring(), stub_reward, signal="loglik")
+    with pytest.raises(ValueError, match="signal must be one of generate, loglik"):
+        RewardEngine(NoScoring(), stub_reward, signal="beam")
+
+
+def test_env_trains_on_loglik(tiny_backbone, hash_encoder):
+    engine = RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), signal="loglik")
+    env = PillowMatchEnv(POOL, TRAIN, engine=engine, encoder=hash_encoder)
+    env.reset(seed=0)
+    env.step(0)
+    _, reward, terminated, _, info = env.step(1)
+    assert terminated and -1 < reward <= 1 and "mean_logprob" in info
+    with pytest.raises(ValueError, match="reward must be None, 'pillow', 'loglik' or a callable"):
+        PillowMatchEnv(POOL, TRAIN, engine=engine, encoder=hash_encoder, reward="bleu")
+
+
+# -- shortlist -----------------------------------------------------------------------------------
+
+def test_candidates_restrict_the_action_mask(engine, hash_encoder):
+    env = PillowMatchEnv(POOL, TEST, engine=engine, encoder=hash_encoder, candidates=3, invalid_action="raise")
+    _, info = env.reset(options={"query_index": 2})
+    keys = hash_encoder.encode([e.instruction + ("\n\n" + e.input if e.input else "") for e in POOL])
+    nearest = np.argsort(-(keys @ env.query_embeddings[2]), kind="stable")[:3]
+    assert set(np.flatnonzero(info["action_mask"])) == set(nearest)
+    outside = int(np.flatnonzero(~info["action_mask"])[0])
+    with pytest.raises(ValueError, match="not among the query's 3 candidates"):
+        env.step(outside)
+    penalizing = PillowMatchEnv(POOL, TEST, engine=engine, encoder=hash_encoder, candidates=3)
+    penalizing.reset(options={"query_index": 2})
+    _, reward, _, _, info = penalizing.step(outside)
+    assert reward == -1.0 and info["invalid_action"] and penalizing.chosen == []
+    with pytest.raises(ValueError, match="candidates must be None or at least m=2"):
+        PillowMatchEnv(POOL, TEST, engine=engine, encoder=hash_encoder, candidates=1)
+
+
+@pytest.mark.parametrize("name", [n for n in AGENTS if n != "zero_shot"])
+def test_every_agent_honours_the_shortlist(name, engine, hash_encoder):
+    agent = make_agent(name)
+    if agent.learns:
+        venv = PillowMatchVectorEnv(4, pool=POOL, queries=TRAIN, engine=engine, encoder=hash_encoder, candidates=3)
+        agent.fit(venv, Budget(episodes=16), progress=False)
+    env = PillowMatchEnv(POOL, TEST, engine=engine, encoder=hash_encoder, candidates=3)
+    for i, sel in enumerate(agent.select_many(env, list(range(len(TEST))))):
+        assert set(sel) <= set(env.shortlists[i].tolist()) and len(set(sel)) == 2, (name, i, sel)
+
+
+# -- MMR and DPP ---------------------------------------------------------------------------------
+
+def test_mmr_with_full_relevance_is_knn_and_diversity_avoids_near_duplicates(engine, hash_encoder):
+    env = PillowMatchEnv(SUITE.pool, SUITE.test, engine=engine, encoder=hash_encoder)
+    queries = list(range(20))
+    assert MMRAgent(lam=1.0).select_many(env, queries) == KNNAgent().select_many(env, queries)
+    # A pool whose two most relevant entries are copies of each other (up to a trailing space): kNN
+    # takes both, MMR and DPP take one of them and something else.
+    twin = Example("Reverse the letters of this word.", "apple", "elppa")
+    pool = [twin, Example(twin.instruction + " ", twin.input, twin.output),
+            Example("Reverse the letters of the given word.", "river", "revir"),
+            Example("Translate the word into French.", "cat", "chat"),
+            Example("Add the two numbers.", "2 + 3", "5")]
+    env = PillowMatchEnv(pool, [Example("Reverse the letters of this word.", "candle", "eldnac")], engine=engine,
+                         encoder=hash_encoder)
+    assert sorted(KNNAgent().select(env, 0)) == [0, 1]
+    for agent in (MMRAgent(), DPPAgent()):
+        picks = agent.select(env, 0)
+        assert len({0, 1} & set(picks)) == 1, (agent.name, picks)
+    with pytest.raises(ValueError, match="lam must be in"):
+        MMRAgent(lam=2.0)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        DPPAgent(scale=0)
+
+
+# -- trajectory log ------------------------------------------------------------------------------
+
+def test_every_scored_episode_is_logged_and_read_back_by_content(engine, hash_encoder, tmp_path):
+    log = tmp_path / "runs" / "trajectories.jsonl"
+    engine = RewardEngine(engine.generator, engine.reward, max_new_tokens=3, log_path=log)
+    venv = PillowMatchVectorEnv(4, pool=POOL, queries=TRAIN, engine=engine, encoder=hash_encoder)
+    venv.reset(seed=0)
+    venv.step([0, 1, 2, 3])
+    _, rewards, terminated, _, _ = venv.step([4, 5, 6, 7])
+    assert terminated.all()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(records) == 4 and all(r["fingerprint"] == engine.fingerprint for r in records)
+    with open(log, "a") as f:
+        f.write('{"query": "damaged, killed mid-li')
+    shuffled_pool = POOL[::-1]  # a reordered pool still matches: records name content, not indices
+    read = read_trajectories(log, shuffled_pool, TRAIN, fingerprint=engine.fingerprint)
+    assert len(read) == 4
+    for env, t, r in zip(venv.envs, sorted(read, key=lambda t: records.index(next(
+            x for x in records if x["query"] == example_key(TRAIN[t.query_index])
+            and x["exemplars"] == [example_key(shuffled_pool[i]) for i in t.exemplars]))), rewards):
+        assert [shuffled_pool[i] for i in t.exemplars] == [POOL[i] for i in env.chosen]
+        assert t.query_index == env.query_index and t.reward == pytest.approx(r)
+    assert read_trajectories(log, POOL, TRAIN, fingerprint="another model") == []
+
+
+# -- listwise agent ------------------------------------------------------------------------------
+
+def _stub_problem(hash_encoder):
+    pool = [Example(f"Example number {k}.", f"p{k}", f"answer {k}") for k in range(12)]
+    best = {"fr": {"p3", "p7"}, "sum": {"p1", "p10"}}
+    words = ["cat", "dog", "house", "tree", "car", "book", "sun", "moon", "bird", "lamp"]
+    queries = ([Example("Translate the word into French.", w, "x", {"cls": "fr"}) for w in words]
+               + [Example("Add the two numbers together.", f"{a} + {a + 3}", "y", {"cls": "sum"}) for a in range(10)])
+    engine = RewardEngine(StubGenerator(best), stub_reward)
+    return pool, queries, best, engine
+
+
+def test_listwise_learns_the_best_pairs_off_policy_and_beats_knn(hash_encoder, tmp_path):
+    pool, queries, best, engine = _stub_problem(hash_encoder)
+    venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
+    agent = ListwiseAgent(candidates=12, checkpoints=[5, 20, 60], seed=0)
+    log = agent.fit(venv, Budget(generations=600), progress=False)
+    assert log["episodes"] <= 600 and engine.stats.generations <= 600
+    env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
+    optimal = [{pool[a].input for a in agent.select(env, i)} == best[q.metadata["cls"]] for i, q in enumerate(queries)]
+    knn = [{pool[a].input for a in KNNAgent().select(env, i)} == best[q.metadata["cls"]] for i, q in enumerate(queries)]
+    assert np.mean(optimal) >= 0.9 > np.mean(knn), (np.mean(optimal), np.mean(knn), log["epochs"])
+    assert log["chosen_epoch"] > 0 and log["validation_gain"] > 0
+    agent.save(tmp_path / "lw")
+    loaded = make_agent("knn").load(tmp_path / "lw")
+    assert loaded.name == "listwise" and loaded.select_many(env, list(range(6))) == agent.select_many(env, range(6))
+
+
+def test_listwise_falls_back_to_knn_when_learning_does_not_help(hash_encoder):
+    pool, queries, _, _ = _stub_problem(hash_encoder)
+    engine = RewardEngine(StubGenerator({"fr": set(), "sum": set()}), stub_reward)  # every set scores the same
+    venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
+    agent = ListwiseAgent(candidates=6, checkpoints=[3], seed=0)
+    log = agent.fit(venv, Budget(generations=100), progress=False)
+    env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
+    assert log["chosen_epoch"] == 0
+    assert agent.select_many(env, list(range(len(queries)))) == KNNAgent().select_many(env, list(range(len(queries))))
+
+
+def test_listwise_trains_on_logged_episodes(hash_encoder, tmp_path):
+    pool, queries, best, _ = _stub_problem(hash_encoder)
+    log_path = tmp_path / "trajectories.jsonl"
+    engine = RewardEngine(StubGenerator(best), stub_reward, log_path=log_path)
+    venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
+    ListwiseAgent(candidates=12, checkpoints=[1], seed=1).fit(venv, Budget(generations=300), progress=False)
+    logged = len(log_path.read_text().splitlines())
+    agent = ListwiseAgent(candidates=12, checkpoints=[1], seed=0, logs=[str(log_path)])
+    log = agent.fit(venv, Budget(generations=60), progress=False)
+    assert log["scored_sets"] > 60 and logged >= 250
+
+
+# -- paired statistics ---------------------------------------------------------------------------
+
+def test_paired_bootstrap_interval():
+    constant = paired_bootstrap([0.1] * 30)
+    assert constant["mean"] == pytest.approx(0.1) and constant["low"] == pytest.approx(0.1) == constant["high"]
+    rng = np.random.default_rng(0)
+    noisy = paired_bootstrap(rng.normal(0.05, 0.1, 400))
+    assert noisy["low"] < noisy["mean"] < noisy["high"] and noisy["low"] > 0 and noisy["n"] == 400
+    with pytest.raises(ValueError, match="no differences"):
+        paired_bootstrap([])
