@@ -97,21 +97,36 @@ class Agent(ABC):
         """Learners write their weights here (safetensors or the algorithm's own zip)."""
 
     @classmethod
-    def load(cls, path: str | Path) -> Agent:
-        """Rebuild a saved agent (any registered kind: ``Agent.load`` dispatches on the saved name)."""
+    def load(cls, path: str | Path, *, trusted: bool = False) -> Agent:
+        """Rebuild a saved agent (any registered kind: ``Agent.load`` dispatches on the saved name).
+
+        Our own weights are safetensors + JSON and load from any folder. SB3 agents are SB3 zips, which
+        SB3 unpickles: they load only with ``trusted=True``, for folders you made yourself.
+        """
         from .registry import AGENTS
 
         path = Path(path)
-        record = json.loads((path / CONFIG_NAME).read_text())
+        config_file = path / CONFIG_NAME
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{path} is not a saved agent folder (no {CONFIG_NAME})")
+        try:
+            record = json.loads(config_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{config_file}: not valid JSON ({err})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("config", {}), dict):
+            raise ValueError(f"{config_file}: expected {{'agent': name, 'config': {{...}}}}")
         agent_cls = AGENTS.get(record.get("agent"))
         if agent_cls is None:
-            raise ValueError(f"{path / CONFIG_NAME}: unknown agent {record.get('agent')!r}")
-        agent = agent_cls(**record["config"])
-        agent._load_weights(path)
+            raise ValueError(f"{config_file}: unknown agent {record.get('agent')!r}")
+        try:
+            agent = agent_cls(**record.get("config", {}))
+        except TypeError as err:
+            raise ValueError(f"{config_file}: config does not fit agent {record['agent']!r} ({err})") from None
+        agent._load_weights(path, trusted=trusted)
         return agent
 
-    def _load_weights(self, path: Path) -> None:
-        """Learners read their weights here."""
+    def _load_weights(self, path: Path, trusted: bool = False) -> None:
+        """Learners read their weights here (``trusted``: the folder may hold pickles)."""
 
 
 def greedy_rollout(env: PillowMatchEnv, query_index: int, scores_fn) -> list[int]:

@@ -302,7 +302,7 @@ class ListwiseAgent(Agent):
         save_network(self.net, path)
         (path / "history.json").write_text(json.dumps(self.history))
 
-    def _load_weights(self, path: Path) -> None:
+    def _load_weights(self, path: Path, trusted: bool = False) -> None:
         self.net = load_network(path, self.hidden, self.temperature, knn_init=True)
         history = path / "history.json"
         self.history = json.loads(history.read_text()) if history.is_file() else []

@@ -22,6 +22,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from torch import nn
 from tqdm import tqdm
 
+from pillow_env.data import examples_fingerprint
 from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples
 from pillow_env.vector import PillowMatchVectorEnv
@@ -217,13 +218,14 @@ class SB3Agent(Agent):
     learns = True
 
     def __init__(self, algo: str = "ppo", policy: str = "MultiInputPolicy", seed: int = 0,
-                 algo_kwargs: dict[str, Any] | None = None) -> None:
+                 algo_kwargs: dict[str, Any] | None = None, pool_fingerprint: str | None = None) -> None:
         if algo not in ALGORITHMS:
             raise ValueError(f"unknown SB3 algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
         if policy == "matching" and algo == "dqn":
             raise ValueError("policy='matching' needs an actor-critic algorithm (ppo, a2c, maskable_ppo), not dqn")
         self.algo, self.policy, self.seed = algo, policy, seed
         self.algo_kwargs = dict(algo_kwargs or {})
+        self.pool_fingerprint = pool_fingerprint
         self.model = None
         self.history: list[dict[str, float]] = []
 
@@ -232,7 +234,17 @@ class SB3Agent(Agent):
         return self.algo
 
     def config(self) -> dict[str, Any]:
-        return {"algo": self.algo, "policy": self.policy, "seed": self.seed, "algo_kwargs": self.algo_kwargs}
+        return {"algo": self.algo, "policy": self.policy, "seed": self.seed, "algo_kwargs": self.algo_kwargs,
+                "pool_fingerprint": self.pool_fingerprint}
+
+    def prepare(self, env) -> None:
+        single = env.envs[0] if hasattr(env, "envs") else env
+        fingerprint = examples_fingerprint(single.pool)
+        if self.model is None:
+            self.pool_fingerprint = fingerprint
+        elif self.pool_fingerprint is not None and fingerprint != self.pool_fingerprint:
+            raise ValueError("this agent was trained on a different exemplar pool "
+                             f"(fingerprint {self.pool_fingerprint}, env has {fingerprint})")
 
     def fit(self, env, budget: Budget | None = None, *, tensorboard: str | Path | None = None,
             progress: bool = True, **kwargs: Any) -> dict[str, Any]:
@@ -240,6 +252,7 @@ class SB3Agent(Agent):
         if venv.envs[0].observation != "embedding":
             raise ValueError("SB3 agents need observation='embedding'")
         budget = budget or Budget(episodes=1000)
+        self.prepare(venv)
         m = venv.envs[0].m
         vec_env = VecMonitor(SB3VecEnv(venv))
         vec_env.seed(self.seed)
@@ -273,6 +286,7 @@ class SB3Agent(Agent):
         return self.model.policy.get_distribution(tensor).distribution.logits[0].cpu().numpy()
 
     def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
+        self.prepare(env)
         return greedy_rollout(env, query_index, self.scores)
 
     def _save_weights(self, path: Path) -> None:
@@ -280,7 +294,10 @@ class SB3Agent(Agent):
             raise ValueError("nothing to save: fit the agent first")
         self.model.save(path / "model.zip")
 
-    def _load_weights(self, path: Path) -> None:
+    def _load_weights(self, path: Path, trusted: bool = False) -> None:
+        if not trusted:
+            raise ValueError(f"{path / 'model.zip'} is an SB3 zip, which SB3 loads with pickle: loading it runs any "
+                             "code it holds. Load only folders you made: pass trusted=True (CLI: --trust-pickle)")
         policy_class = MaskableMatchingPolicy if self.algo == "maskable_ppo" else MatchingPolicy
         custom = {"policy_class": policy_class} if self.policy == "matching" else None
         self.model = _algorithms()[self.algo].load(path / "model.zip", device="cpu", custom_objects=custom)

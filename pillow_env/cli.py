@@ -1,4 +1,4 @@
-"""The ``pillow-env`` command line: demo, bench, inspect, train-agent, train-backbone."""
+"""The ``pillow-env`` command line: demo, bench, inspect, train-agent, train-backbone, select."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def _inspect(args: argparse.Namespace) -> None:
     if not 0 <= args.query_index < len(queries):
         raise SystemExit(f"--query-index must be in [0, {len(queries)}), got {args.query_index}")
     env = PillowMatchEnv(pool, queries, m=args.shots, engine=engine, encoder=encoder)
-    agent = Agent.load(args.load) if args.load else make_agent(args.agent)
+    agent = Agent.load(args.load, trusted=args.trust_pickle) if args.load else make_agent(args.agent)
     agent.prepare(env)
     selection = agent.select(env, args.query_index)
     query = queries[args.query_index]
@@ -154,6 +154,45 @@ def _train_backbone(args: argparse.Namespace) -> None:
                output_dir=args.out)
 
 
+def _select(args: argparse.Namespace) -> None:
+    import json
+    from contextlib import nullcontext
+
+    from tqdm import tqdm
+
+    from agents.selector import Selector
+
+    from .data import DataError, load_examples, parse_record
+
+    selector = Selector.load(args.agent_dir, args.pool, trusted=args.trust_pickle, shots=args.shots,
+                             model=args.model, candidates=args.candidates, suite_seed=args.seed)
+    out = nullcontext(sys.stdout) if str(args.out) == "-" else open(args.out, "w", encoding="utf-8")
+    with out as f:
+        def write(queries) -> None:
+            for selection in selector.select(queries):
+                f.write(json.dumps(selection.to_dict(), ensure_ascii=False) + "\n")
+            f.flush()
+
+        if args.queries == "-":  # stream: answer each line as it arrives
+            for lineno, line in enumerate(sys.stdin, start=1):
+                if not line.strip():
+                    continue
+                where = f"<stdin>:{lineno}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{where}: invalid JSON ({err.msg}, column {err.colno})") from None
+                write([parse_record({"instruction": record} if isinstance(record, str) else record, where,
+                                    require_output=False)])
+            return
+        queries = load_examples(args.queries, require_output=False)
+        for lo in tqdm(range(0, len(queries), args.batch_size), desc="select", unit="batch",
+                       disable=str(args.out) == "-"):
+            write(queries[lo:lo + args.batch_size])
+    if str(args.out) != "-":
+        print(f"wrote {len(queries)} selections to {args.out}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pillow-env", description="In-context exemplar selection as RL (PILLOW).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--agent", type=_agent_name, default="knn")
     insp.add_argument("--load", default=None, help="a saved agent folder (overrides --agent)")
     insp.add_argument("--cache", default=None)
+    insp.add_argument("--trust-pickle", action="store_true",
+                      help="allow loading an SB3 agent's model.zip (a pickle: only for folders you made)")
     insp.set_defaults(func=_inspect)
 
     tra = sub.add_parser("train-agent", help="train one agent and save it")
@@ -219,6 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
     trb.add_argument("--seed", type=int, default=0)
     trb.add_argument("--out", type=Path, required=True)
     trb.set_defaults(func=_train_backbone)
+    sel = sub.add_parser("select", help="a saved agent picks exemplars for new queries (no LLM is loaded)")
+    sel.add_argument("--agent-dir", required=True, help="a saved agent folder (train-agent / bench output)")
+    sel.add_argument("--pool", type=_source, default="builtin", help="the pool the agent was trained on")
+    sel.add_argument("--queries", required=True,
+                     help="JSON/JSONL file of queries (instruction, optional input), or - to stream JSONL from stdin")
+    sel.add_argument("--out", default="-", help="JSONL output file (default: stdout)")
+    sel.add_argument("--shots", type=_positive, default=None, help="exemplars per query (learned agents: as trained)")
+    sel.add_argument("--model", default=DEFAULT_MODEL, help="whose prompt template to render (tokenizer only)")
+    sel.add_argument("--candidates", type=_positive, default=None)
+    sel.add_argument("--batch-size", type=_positive, default=256)
+    sel.add_argument("--seed", type=int, default=0, help="built-in suite seed (with --pool builtin)")
+    sel.add_argument("--trust-pickle", action="store_true",
+                     help="allow loading an SB3 agent's model.zip (a pickle: only for folders you made)")
+    sel.set_defaults(func=_select)
     return parser
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "FORMATS",
     "LoadReport",
     "load_examples",
+    "parse_record",
     "split_examples",
     "examples_fingerprint",
 ]
@@ -71,13 +72,13 @@ def _detect(record: Mapping[str, Any]) -> str:
     return "alpaca"
 
 
-def _to_example(record: Any, mapping: Mapping[str, str | None], where: str) -> Example:
+def _to_example(record: Any, mapping: Mapping[str, str | None], where: str, require_output: bool = True) -> Example:
     if not isinstance(record, Mapping):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     values: dict[str, str] = {}
     for ours, theirs in mapping.items():
         if theirs is None or theirs not in record or record[theirs] is None:
-            if ours in _REQUIRED:
+            if ours == "instruction" or (ours == "output" and require_output):
                 raise DataError(f"{where}: missing field {theirs or ours!r} (needed for {ours!r})")
             values[ours] = ""
             continue
@@ -122,6 +123,17 @@ def _records(path: Path) -> Iterable[tuple[str, Any]]:
         yield f"{path}[{index}]", record
 
 
+def parse_record(record: Any, where: str, *, format: str = "auto", fields: Mapping[str, str | None] | None = None,
+                 require_output: bool = True) -> Example:
+    """One parsed JSON record -> :class:`Example`; ``where`` (file and line) prefixes any error."""
+    if fields is not None:
+        mapping: Mapping[str, str | None] = {"input": None, "output": None, **fields}
+    else:
+        mapping = FORMATS[_detect(record) if format == "auto" and isinstance(record, Mapping)
+                          else ("alpaca" if format == "auto" else format)]
+    return _to_example(record, mapping, where, require_output)
+
+
 def load_examples(
     path: str | Path,
     format: Literal["auto", "alpaca", "dolly"] = "auto",
@@ -129,6 +141,7 @@ def load_examples(
     fields: Mapping[str, str | None] | None = None,
     on_error: Literal["raise", "skip"] = "raise",
     report: LoadReport | None = None,
+    require_output: bool = True,
 ) -> list[Example]:
     """Read a JSON array or JSONL file of instruction records.
 
@@ -141,6 +154,7 @@ def load_examples(
         on_error: ``"raise"`` (default) stops at the first bad record; ``"skip"`` leaves bad records
             out and counts them in ``report`` (and warns with the count).
         report: filled with loaded / skipped counts and the error messages.
+        require_output: ``False`` accepts records without an answer (new queries to select for).
     """
     path = Path(path)
     if not path.is_file():
@@ -148,7 +162,7 @@ def load_examples(
     if format not in ("auto", *FORMATS):
         raise DataError(f"unknown format {format!r}; expected 'auto', 'alpaca' or 'dolly'")
     if fields is not None:
-        missing = [k for k in _REQUIRED if not fields.get(k)]
+        missing = [k for k in _REQUIRED if not fields.get(k) and (k != "output" or require_output)]
         unknown = set(fields) - {"instruction", "input", "output"}
         if missing or unknown:
             raise DataError(f"fields mapping must map 'instruction' and 'output' (and optionally 'input'); "
@@ -159,12 +173,7 @@ def load_examples(
         try:
             if isinstance(record, DataError):
                 raise record
-            if fields is not None:
-                mapping = {"input": None, **fields}
-            else:
-                mapping = FORMATS[_detect(record) if format == "auto" and isinstance(record, Mapping)
-                                  else ("alpaca" if format == "auto" else format)]
-            examples.append(_to_example(record, mapping, where))
+            examples.append(parse_record(record, where, format=format, fields=fields, require_output=require_output))
         except DataError as err:
             if on_error == "raise":
                 raise

@@ -128,17 +128,17 @@ class PillowMatchEnv(gym.Env):
         if isinstance(reward, str) and reward not in ("pillow", "loglik"):
             raise ValueError(f"reward must be None, 'pillow', 'loglik' or a callable, got {reward!r}")
         signal = "loglik" if reward == "loglik" else "generate"
-        if engine is not None:
-            self.engine = engine
-        elif (reward is None or isinstance(reward, str)) and isinstance(encoder, str):
-            self.engine = shared_engine(model, adapter, encoder, max_new_tokens, resolve_cache_path(cache_path),
-                                        signal, resolve_cache_path(trajectory_log))
-        else:
-            self.engine = RewardEngine(shared_backbone(model, adapter),
-                                       PillowReward(encoder=self.encoder) if reward is None or isinstance(reward, str)
-                                       else reward, max_new_tokens=max_new_tokens,
-                                       cache_path=resolve_cache_path(cache_path), signal=signal,
-                                       log_path=resolve_cache_path(trajectory_log))
+        self._engine = engine
+        if engine is None and (reward is None or isinstance(reward, str)) and isinstance(encoder, str):
+            self._make_engine: Callable[[], RewardEngine] = lambda: shared_engine(
+                model, adapter, encoder, max_new_tokens, resolve_cache_path(cache_path), signal,
+                resolve_cache_path(trajectory_log))
+        elif engine is None:
+            self._make_engine = lambda: RewardEngine(
+                shared_backbone(model, adapter),
+                PillowReward(encoder=self.encoder) if reward is None or isinstance(reward, str) else reward,
+                max_new_tokens=max_new_tokens, cache_path=resolve_cache_path(cache_path), signal=signal,
+                log_path=resolve_cache_path(trajectory_log))
 
         k = len(self.pool)
         self.pool_embeddings = embed_examples(self.encoder, self.pool, with_output=True)
@@ -163,6 +163,18 @@ class PillowMatchEnv(gym.Env):
         self._step_invalid = False
         self._previous_score = 0.0
         self._last: ScoredGeneration | None = None
+
+    @property
+    def engine(self) -> RewardEngine:
+        """The reward engine, built (and the LLM loaded) at the first step that needs a reward, so an
+        env made to inspect spaces, masks or selections costs no model load."""
+        if self._engine is None:
+            self._engine = self._make_engine()
+        return self._engine
+
+    def share_engine(self, other: PillowMatchEnv) -> None:
+        """Use ``other``'s engine (and cache), built lazily when either first needs it."""
+        self._engine, self._make_engine = None, lambda: other.engine
 
     # -- Gymnasium API ---------------------------------------------------------------------------
 
@@ -225,6 +237,8 @@ class PillowMatchEnv(gym.Env):
     def begin_step(self, action: Any) -> Request | None:
         """Apply ``action``; return the (exemplars, query) request to score, or ``None`` if none is due."""
         a = int(np.asarray(action).item())
+        if len(self.chosen) == self.m:
+            raise RuntimeError(f"step() after the episode ended ({self.m} exemplars chosen); call reset() first")
         if not 0 <= a < len(self.pool):
             raise ValueError(f"action {a} is outside the pool (Discrete({len(self.pool)}))")
         if not self.action_masks()[a]:

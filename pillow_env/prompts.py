@@ -87,6 +87,11 @@ class PromptRenderer:
             messages += [{"role": "user", "content": user_text(ex)}, {"role": "assistant", "content": ex.output}]
         return messages + [{"role": "user", "content": user_text(query)}]
 
+    def messages(self, exemplars: Sequence[Example], query: Example) -> list[dict[str, str]] | None:
+        """The chat messages :meth:`render` formats (``None`` for the plain-text template): what a
+        user hands to a chat-completions API instead of the text."""
+        return self._messages(self._fit(exemplars), query) if self.use_chat_template else None
+
     def render(self, exemplars: Sequence[Example], query: Example) -> str:
         """The prompt: exemplars as solved turns, then the query awaiting its answer."""
         exemplars = self._fit(exemplars)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbone import Backbone
+from .cache import LRUCache
 from .data import Example, examples_fingerprint
 from .encoder import Encoder, load_encoder
 from .engine import RewardEngine
@@ -39,16 +40,18 @@ def shared_engine(model: str = DEFAULT_MODEL, adapter: str | None = None, encode
                         max_new_tokens=max_new_tokens, cache_path=cache_path, signal=signal, log_path=log_path)
 
 
-_EMBEDDINGS: dict[tuple[str, str, bool], np.ndarray] = {}
+_EMBEDDINGS = LRUCache(maxsize=64)  # bounded: a selector streaming new queries must not grow it forever
 
 
 def embed_examples(encoder: Encoder, examples: Sequence[Example], *, with_output: bool) -> np.ndarray:
     """Embeddings of examples (query side: instruction + input; pool side: plus the answer), memoised."""
-    key = (getattr(encoder, "name", repr(encoder)), examples_fingerprint(examples), with_output)
-    if key not in _EMBEDDINGS:
+    key = repr((getattr(encoder, "name", repr(encoder)), examples_fingerprint(examples), with_output))
+    found = _EMBEDDINGS.get(key)
+    if found is None:
         texts = [user_text(e) + ("\n" + e.output if with_output else "") for e in examples]
-        _EMBEDDINGS[key] = np.ascontiguousarray(encoder.encode(texts), dtype=np.float32)
-    return _EMBEDDINGS[key]
+        found = np.ascontiguousarray(encoder.encode(texts), dtype=np.float32)
+        _EMBEDDINGS.put(key, found)
+    return found
 
 
 def resolve_cache_path(cache_path: str | Path | None) -> str | None:

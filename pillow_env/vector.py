@@ -38,9 +38,9 @@ class PillowMatchVectorEnv(VectorEnv):
             raise ValueError("autoreset_mode DISABLED is not supported; use NEXT_STEP or SAME_STEP")
         env_kwargs.pop("max_episode_steps", None)  # gymnasium passes it; episodes are bounded by m already
         first = PillowMatchEnv(**env_kwargs)
-        env_kwargs["engine"] = first.engine  # share one engine (and cache) even for custom rewards
         self.envs = [first] + [PillowMatchEnv(**env_kwargs) for _ in range(num_envs - 1)]
-        self.engine = first.engine
+        for env in self.envs[1:]:
+            env.share_engine(first)  # one engine (and cache) even for custom rewards; built lazily
         self.num_envs = num_envs
         self.metadata = {**PillowMatchEnv.metadata, "autoreset_mode": self.autoreset_mode}
         self.render_mode = first.render_mode
@@ -98,6 +98,10 @@ class PillowMatchVectorEnv(VectorEnv):
             infos.append(info)
         self._needs_reset = terminated | truncated
         return PillowMatchEnv.observe(self.envs), rewards, terminated, truncated, merge_infos(infos)
+
+    @property
+    def engine(self):
+        return self.envs[0].engine
 
     def action_masks(self) -> np.ndarray:
         """(num_envs, K) boolean mask of valid actions, as sb3-contrib's MaskablePPO expects."""

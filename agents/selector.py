@@ -1,0 +1,129 @@
+"""A trained selector in use: new queries in, exemplars and the rendered prompt out, no LLM loaded.
+
+Selection needs only the sentence encoder (the agent's observations) and the model's tokenizer (its
+prompt template): no weights are loaded and no reward is computed, so selecting is orders of
+magnitude cheaper than generating, and the prompt goes to whatever LLM serves production traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pillow_env.data import DataError, Example, load_examples
+from pillow_env.encoder import Encoder, load_encoder
+from pillow_env.env import ExampleSource, PillowMatchEnv, _examples
+from pillow_env.prompts import PromptRenderer
+from pillow_env.resources import DEFAULT_MODEL
+
+from .base import Agent
+
+__all__ = ["Selection", "Selector", "load_renderer"]
+
+
+def load_renderer(model: str = DEFAULT_MODEL) -> PromptRenderer:
+    """The prompt renderer of a model: its tokenizer and chat template only, never its weights."""
+    from transformers import AutoTokenizer
+
+    from pillow_env.backbone import resolve_model
+
+    return PromptRenderer(AutoTokenizer.from_pretrained(resolve_model(model)))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The exemplars chosen for one query, in prompt order, and the prompt they make."""
+
+    query: Example
+    indices: list[int]
+    exemplars: list[Example]
+    prompt: str
+    messages: list[dict[str, str]] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"query": {"instruction": self.query.instruction, "input": self.query.input},
+                                  "indices": self.indices, "exemplars": [e.to_dict() for e in self.exemplars],
+                                  "prompt": self.prompt}
+        if self.messages is not None:
+            record["messages"] = self.messages
+        return record
+
+
+def _trained_m(agent: Agent) -> int | None:
+    """How many exemplars a learned agent was trained to pick (its network fixes it), if it says."""
+    net = getattr(agent, "net", None)
+    if net is not None:
+        return int(net.m)
+    model = getattr(agent, "model", None)
+    if model is not None:
+        return int(model.observation_space["chosen"].shape[0])
+    return None
+
+
+class Selector:
+    """A saved (or live) agent plus the pool it selects from.
+
+    Args:
+        agent: any registered agent (baselines included: a kNN is a valid selector).
+        pool: the exemplar pool the agent was trained on: ``"builtin"``, a dataset file or examples.
+            Learned agents refuse another pool.
+        shots: exemplars per query; learned agents use the ``m`` they were trained with.
+        model: the model whose prompt template renders the prompt (only its tokenizer is loaded).
+        encoder: the sentence encoder the agent observes queries with.
+        candidates: restrict selection to the C pool entries nearest each query, as in training.
+        renderer: an already-built :class:`PromptRenderer` (overrides ``model``).
+    """
+
+    def __init__(self, agent: Agent, pool: ExampleSource = "builtin", *, shots: int | None = None,
+                 model: str = DEFAULT_MODEL, encoder: str | Encoder = "minilm", candidates: int | None = None,
+                 renderer: PromptRenderer | None = None, suite_seed: int = 0) -> None:
+        self.agent = agent
+        self.pool = _examples(pool, "pool", "train", suite_seed)
+        trained = _trained_m(agent)
+        if shots is not None and trained is not None and shots != trained:
+            raise ValueError(f"shots={shots}, but this {agent.name} agent was trained to pick {trained}")
+        self.m = trained or shots or 2
+        self.encoder = load_encoder(encoder) if isinstance(encoder, str) else encoder
+        self.candidates = candidates
+        self.renderer = renderer or load_renderer(model)
+        # An env over the pool alone checks the pool against the agent now, not at the first query.
+        self._env(self.pool[:1])
+
+    @classmethod
+    def load(cls, agent_dir: str | Path, pool: ExampleSource = "builtin", *, trusted: bool = False,
+             **kwargs: Any) -> Selector:
+        """``Agent.load(agent_dir)`` (SB3 zips only with ``trusted=True``) wrapped as a selector."""
+        return cls(Agent.load(agent_dir, trusted=trusted), pool, **kwargs)
+
+    def _env(self, queries: list[Example]) -> PillowMatchEnv:
+        env = PillowMatchEnv(self.pool, queries, m=self.m, encoder=self.encoder, candidates=self.candidates)
+        self.agent.prepare(env)  # learned agents check the pool fingerprint here
+        return env
+
+    def select(self, queries: Example | str | Sequence[Example | str]) -> list[Selection]:
+        """Exemplars and prompt for each query (an :class:`Example` or a plain instruction string)."""
+        items = [queries] if isinstance(queries, (Example, str)) else list(queries)
+        examples = []
+        for i, q in enumerate(items):
+            example = Example(q) if isinstance(q, str) else q
+            if not isinstance(example, Example):
+                raise TypeError(f"query {i}: expected an Example or an instruction string, got {type(q).__name__}")
+            if not example.instruction.strip():
+                raise DataError(f"query {i}: the instruction is empty")
+            examples.append(example)
+        if not examples:
+            return []
+        env = self._env(examples)
+        chosen = self.agent.select_many(env, list(range(len(examples))))
+        out = []
+        for query, indices in zip(examples, chosen):
+            exemplars = [self.pool[i] for i in indices]
+            out.append(Selection(query, [int(i) for i in indices], exemplars, self.renderer.render(exemplars, query),
+                                 self.renderer.messages(exemplars, query)))
+        return out
+
+    def select_file(self, path: str | Path) -> list[Selection]:
+        """Select for every record of a JSON / JSONL file; records need only ``instruction`` (and ``input``)."""
+        return self.select(load_examples(path, require_output=False))
