@@ -140,3 +140,16 @@ def test_demo_compares_three_settings(tiny_model_dir, tmp_path, capsys):
     assert list(results) == ["zero-shot", "random 2-shot", "same-task 2-shot"]
     assert all({"reward", "rouge_l", "semantic", "exact_match", "seconds"} <= set(r) for r in results.values())
     assert "| same-task 2-shot |" in capsys.readouterr().out
+
+
+def test_example_deploy_selector_reloads_in_a_fresh_process(tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "examples" / "deploy_selector.py"
+    run = subprocess.run([sys.executable, str(script), "--model", str(tiny_model_dir), "--episodes", "16",
+                          "--folder", str(tmp_path / "agent")], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("=== ") == 3 and run.stdout.count("<|im_start|>assistant") >= 3
+    assert (tmp_path / "agent" / "agent.json").is_file()
