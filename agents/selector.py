@@ -24,12 +24,10 @@ __all__ = ["Selection", "Selector", "load_renderer"]
 
 
 def load_renderer(model: str = DEFAULT_MODEL) -> PromptRenderer:
-    """The prompt renderer of a model: its tokenizer and chat template only, never its weights."""
-    from transformers import AutoTokenizer
+    """The prompt renderer of a ``model`` string: its tokenizer and chat template only, never its weights."""
+    from pillow_env.backends import load_renderer as renderer_of
 
-    from pillow_env.backbone import resolve_model
-
-    return PromptRenderer(AutoTokenizer.from_pretrained(resolve_model(model)))
+    return renderer_of(model)
 
 
 @dataclass(frozen=True)

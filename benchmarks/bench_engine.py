@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from pillow_env.engine import RewardEngine
-from pillow_env.resources import DEFAULT_MODEL, shared_backbone
+from pillow_env.resources import DEFAULT_MODEL, shared_backend
 from pillow_env.encoder import load_encoder
 from pillow_env.rewards import PillowReward
 from pillow_env.suite import builtin_suite
@@ -88,7 +88,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     episodes = [(int(rng.integers(len(suite.train))), [int(a) for a in rng.choice(len(suite.pool), 2, replace=False)])
                 for _ in range(args.episodes)]
-    backbone = shared_backbone(args.model)
+    backbone = shared_backend(args.model)
     encoder = load_encoder("minilm")
     reward = PillowReward(encoder=encoder)
     reward(["warm-up"], ["warm-up"])

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from pillow_env.engine import RewardEngine
 from pillow_env.encoder import load_encoder
-from pillow_env.resources import DEFAULT_MODEL, embed_examples, shared_backbone
+from pillow_env.resources import DEFAULT_MODEL, embed_examples, shared_backend
 from pillow_env.rewards import PillowReward
 from pillow_env.stats import paired_bootstrap
 from pillow_env.suite import builtin_suite
@@ -61,7 +61,7 @@ def main() -> None:
     suite = builtin_suite(args.seed)
     queries = suite.test[:args.queries]
     encoder = load_encoder("minilm")
-    backbone = shared_backbone(args.model)
+    backbone = shared_backend(args.model)
     generate = RewardEngine(backbone, PillowReward(encoder=encoder), cache_path=args.cache)
     loglik = RewardEngine(backbone, PillowReward(encoder=encoder), cache_path=args.cache, signal="loglik")
 

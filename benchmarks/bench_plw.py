@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from agents import KNNAgent, ZeroShotAgent, evaluate
-from pillow_env.backbone import Backbone, resolve_model
+from pillow_env.backends.hf import Backbone, resolve_model
 from pillow_env.encoder import load_encoder
 from pillow_env.engine import RewardEngine
 from pillow_env.env import PillowMatchEnv

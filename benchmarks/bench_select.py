@@ -24,7 +24,7 @@ from agents.selector import Selector
 from pillow_env.engine import RewardEngine
 from pillow_env.encoder import load_encoder
 from pillow_env.env import PillowMatchEnv
-from pillow_env.resources import DEFAULT_MODEL, shared_backbone
+from pillow_env.resources import DEFAULT_MODEL, shared_backend
 from pillow_env.rewards import PillowReward
 from pillow_env.suite import builtin_suite
 
@@ -70,7 +70,7 @@ def main() -> None:
                           "load_seconds": load_seconds}
             print(f"{name}: {done} selections in {seconds:.1f} s = {done / seconds:.0f}/s (load {load_seconds:.1f} s)")
 
-    engine = RewardEngine(shared_backbone(args.model), PillowReward(encoder=encoder))
+    engine = RewardEngine(shared_backend(args.model), PillowReward(encoder=encoder))
     knn = Selector(make_agent("knn"), pool, model=args.model, encoder=encoder)
     requests = [(s.exemplars, s.query) for s in knn.select(queries[:args.generations])]
     start = time.perf_counter()

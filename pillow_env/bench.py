@@ -102,14 +102,14 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     from .encoder import load_encoder
     from .engine import RewardEngine
     from .env import PillowMatchEnv
-    from .resources import shared_backbone
+    from .resources import shared_backend
     from .rewards import PillowReward
     from .vector import PillowMatchVectorEnv
 
     encoder = load_encoder("minilm")
     common = {"max_new_tokens": config.max_new_tokens, "batch_size": config.num_envs,
               "cache_path": config.cache or out / "cache.sqlite", "log_path": out / "trajectories.jsonl"}
-    backbone = shared_backbone(config.model, config.adapter)
+    backbone = shared_backend(config.model, config.adapter)
     engine = RewardEngine(backbone, PillowReward(encoder=encoder), **common)
     train_engine = engine if config.train_reward == "pillow" else \
         RewardEngine(backbone, PillowReward(encoder=encoder), signal="loglik", **common)

@@ -91,13 +91,13 @@ def _engine_and_envs(args: argparse.Namespace, queries_source: str, part: str, s
     from .bench import load_split
     from .encoder import load_encoder
     from .engine import RewardEngine
-    from .resources import shared_backbone
+    from .resources import shared_backend
     from .rewards import PillowReward
 
     pool = load_split(args.pool, "pool", args.seed)
     queries = load_split(queries_source, part, args.seed)
     encoder = load_encoder("minilm")
-    engine = RewardEngine(shared_backbone(args.model, args.adapter), PillowReward(encoder=encoder),
+    engine = RewardEngine(shared_backend(args.model, args.adapter), PillowReward(encoder=encoder),
                           max_new_tokens=args.max_new_tokens, cache_path=args.cache,
                           signal="loglik" if signal == "loglik" else "generate")
     return pool, queries, encoder, engine

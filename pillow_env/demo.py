@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .backbone import Backbone
+from .backends.hf import Backbone
 from .data import Example
 from .engine import RewardEngine
 from .rewards import PillowReward

@@ -113,7 +113,7 @@ class RewardEngine:
     """Scores (exemplars, query) requests for any number of envs.
 
     Args:
-        generator: the LLM (a :class:`~pillow_env.backbone.Backbone` or anything with the same
+        generator: the LLM (a :class:`~pillow_env.backends.hf.Backbone` or anything with the same
             ``generate`` / ``count_tokens`` / ``fingerprint`` / ``renderer``).
         reward: a :class:`~pillow_env.rewards.PillowReward` or any ``fn(predictions, references)``
             (``"generate"`` signal only).
@@ -204,14 +204,18 @@ class RewardEngine:
             first = {k: i for i, k in reversed(list(enumerate(keys)))}
             wanted = set(missing)
             stats.duplicates += sum(1 for k in keys if k in wanted) - len(missing)
-            new = self._run([prompts[first[k]] for k in missing], [references[first[k]] for k in missing])
-            for key, value in zip(missing, new):
-                self._memory.put(key, value)
-                found[key] = value
-            if self._disk is not None:
-                t = time.perf_counter()
-                self._disk.put_many(dict(zip(missing, new)))
-                stats.cache_seconds += time.perf_counter() - t
+            # Batch by batch, each stored as soon as it is scored: a failure (a server gone, a kill)
+            # loses at most the batch in flight, and a rerun resumes from the cache.
+            for lo in range(0, len(missing), self.batch_size):
+                chunk = missing[lo:lo + self.batch_size]
+                new = self._run([prompts[first[k]] for k in chunk], [references[first[k]] for k in chunk])
+                for key, value in zip(chunk, new):
+                    self._memory.put(key, value)
+                    found[key] = value
+                if self._disk is not None:
+                    t = time.perf_counter()
+                    self._disk.put_many(dict(zip(chunk, new)))
+                    stats.cache_seconds += time.perf_counter() - t
 
         fresh = set(missing)
         results = [ScoredGeneration(p, found[k]["generation"], r, found[k]["reward"], found[k]["components"],

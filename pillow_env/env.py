@@ -14,7 +14,7 @@ from .data import Example, load_examples
 from .encoder import Encoder, load_encoder
 from .engine import RewardEngine, ScoredGeneration
 from .prompts import user_text
-from .resources import DEFAULT_MODEL, embed_examples, resolve_cache_path, shared_backbone, shared_engine
+from .resources import DEFAULT_MODEL, embed_examples, resolve_cache_path, shared_backend, shared_engine
 from .rewards import PillowReward
 from .suite import builtin_suite
 
@@ -135,7 +135,7 @@ class PillowMatchEnv(gym.Env):
                 resolve_cache_path(trajectory_log))
         elif engine is None:
             self._make_engine = lambda: RewardEngine(
-                shared_backbone(model, adapter),
+                shared_backend(model, adapter),
                 PillowReward(encoder=self.encoder) if reward is None or isinstance(reward, str) else reward,
                 max_new_tokens=max_new_tokens, cache_path=resolve_cache_path(cache_path), signal=signal,
                 log_path=resolve_cache_path(trajectory_log))

@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .backbone import Backbone
+from .backends import load_backend
 from .cache import LRUCache
 from .data import Example, examples_fingerprint
 from .encoder import Encoder, load_encoder
@@ -21,14 +22,15 @@ from .engine import RewardEngine
 from .prompts import user_text
 from .rewards import PillowReward
 
-__all__ = ["shared_backbone", "shared_engine", "embed_examples", "DEFAULT_MODEL"]
+__all__ = ["shared_backend", "shared_engine", "embed_examples", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 @functools.lru_cache(maxsize=4)
-def shared_backbone(model: str = DEFAULT_MODEL, adapter: str | None = None) -> Backbone:
-    return Backbone.from_pretrained(model, adapter=adapter)
+def shared_backend(model: str = DEFAULT_MODEL, adapter: str | None = None) -> Any:
+    """The backend a ``model`` string names (see :mod:`pillow_env.backends`), one per process."""
+    return load_backend(model, adapter)
 
 
 @functools.lru_cache(maxsize=8)
@@ -36,7 +38,7 @@ def shared_engine(model: str = DEFAULT_MODEL, adapter: str | None = None, encode
                   max_new_tokens: int = 24, cache_path: str | None = None, signal: str = "generate",
                   log_path: str | None = None) -> RewardEngine:
     """The engine for the default reward (or the likelihood signal) on a named model: one per distinct setting."""
-    return RewardEngine(shared_backbone(model, adapter), PillowReward(encoder=load_encoder(encoder)),
+    return RewardEngine(shared_backend(model, adapter), PillowReward(encoder=load_encoder(encoder)),
                         max_new_tokens=max_new_tokens, cache_path=cache_path, signal=signal, log_path=log_path)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .backbone import Backbone
+from .backends.hf import Backbone
 from .data import Example, examples_fingerprint
 from .prompts import PromptRenderer
 

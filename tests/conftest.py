@@ -45,7 +45,7 @@ def make_model(vocab_size: int, seed: int = 0):
 
 
 def make_backbone(chat: bool = True, seed: int = 0):
-    from pillow_env.backbone import Backbone
+    from pillow_env.backends.hf import Backbone
 
     tokenizer = make_tokenizer(chat)
     return Backbone(make_model(len(tokenizer), seed), tokenizer, name="tiny-llama")

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from pillow_env import Example
-from pillow_env import backbone as backbone_mod
-from pillow_env.backbone import Backbone, resolve_model
+from pillow_env.backends import hf as backbone_mod
+from pillow_env.backends.hf import Backbone, resolve_model
 
 from .conftest import make_backbone
 

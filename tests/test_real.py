@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from pillow_env import Example
-from pillow_env import backbone as backbone_mod
-from pillow_env.backbone import Backbone, resolve_model
+from pillow_env.backends import hf as backbone_mod
+from pillow_env.backends.hf import Backbone, resolve_model
 from pillow_env.encoder import load_encoder
 from pillow_env.rewards import PillowReward
 

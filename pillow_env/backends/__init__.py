@@ -1,0 +1,69 @@
+"""LLM backends, one module each, chosen by the ``model`` string; the env and the engine import none.
+
+| ``model`` string | backend | module |
+|---|---|---|
+| a Hugging Face name, a local folder, or ``smollm2-135m-instruct`` | transformers in process (default) | ``hf`` |
+| ``openai:URL#MODEL`` (e.g. ``openai:http://127.0.0.1:8000/v1#my-model``) | any OpenAI-compatible server | ``openai_server`` |
+| ``vllm:NAME_OR_PATH`` | vLLM in process (GPU; the ``vllm`` extra) | ``vllm_engine`` |
+
+Every backend offers what :class:`~pillow_env.engine.Generator` lists: batched greedy ``generate``,
+``count_tokens``, a ``fingerprint`` of the weights and prompt format, the prompt ``renderer`` (a
+tokenizer and its chat template, rendered locally so every backend sees the same text), and
+``loglik`` where it can score likelihoods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["BackendError", "load_backend", "load_renderer", "parse_spec"]
+
+
+class BackendError(RuntimeError):
+    """A backend could not answer (server down after retries, HTTP error, missing capability);
+    the message names the backend, never its credentials."""
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``"openai:URL#MODEL"`` -> ``("openai", "URL#MODEL")``; a plain name or path -> ``("hf", spec)``."""
+    for kind in ("openai", "vllm"):
+        if spec.startswith(kind + ":"):
+            rest = spec[len(kind) + 1:]
+            if not rest:
+                raise ValueError(f"model {spec!r}: nothing after {kind + ':'!r}")
+            return kind, rest
+    return "hf", spec
+
+
+def load_backend(spec: str, adapter: str | None = None, **kwargs: Any) -> Any:
+    """The backend a ``model`` string names (see the module table); ``adapter`` is a peft folder."""
+    kind, target = parse_spec(spec)
+    if kind == "openai":
+        from .openai_server import OpenAIBackend
+
+        if adapter is not None:
+            raise ValueError(f"model {spec!r}: an OpenAI-compatible server serves its own weights; load the "
+                             "adapter in the server (e.g. vLLM --lora-modules) and name it after '#'")
+        return OpenAIBackend.from_spec(target, **kwargs)
+    if kind == "vllm":
+        from .vllm_engine import VLLMBackend
+
+        return VLLMBackend.from_pretrained(target, adapter=adapter, **kwargs)
+    from .hf import Backbone
+
+    return Backbone.from_pretrained(target, adapter=adapter, **kwargs)
+
+
+def load_renderer(spec: str) -> Any:
+    """Only the prompt renderer of a ``model`` string (its tokenizer): no weights, no server call."""
+    from transformers import AutoTokenizer
+
+    from ..prompts import PromptRenderer
+    from .hf import resolve_model
+
+    kind, target = parse_spec(spec)
+    if kind == "openai":
+        from .openai_server import split_target
+
+        target = split_target(target)[2]
+    return PromptRenderer(AutoTokenizer.from_pretrained(resolve_model(target)))

@@ -1,0 +1,253 @@
+"""Any OpenAI-compatible server as the LLM: vLLM, SGLang, TGI, llama.cpp, ``transformers serve``.
+
+``model="openai:URL#MODEL"`` (or ``openai:URL#MODEL#TOKENIZER`` when the served name is not a
+loadable tokenizer): prompts are rendered here with the model's own tokenizer and chat template,
+exactly as in process, and sent to ``URL/completions`` greedily (``temperature=0``, ``max_tokens``,
+``stop``). What a reward-engine batch needs from a server:
+
+- many requests in flight: a batch of N prompts is never N sequential round trips. A list of
+  prompts goes in one request where the server takes lists (vLLM does; detected once), otherwise
+  one prompt per request, ``concurrency`` at a time;
+- retries with exponential backoff and jitter on connection errors, timeouts, 429 and 5xx (the
+  ``openai`` client's own, ``max_retries``), then one clear error naming the server (URL without
+  credentials); other 4xx fail at once with the server's message;
+- the API key from an environment variable (``OPENAI_API_KEY`` by default), never written to
+  results, logs or cache keys;
+- likelihood scoring where the server can (vLLM's ``prompt_logprobs``, or ``echo`` with
+  ``logprobs``), detected once, with a clear error where it cannot;
+- a fingerprint of the served model as the server reports it (``/v1/models``: id, root, owner)
+  plus the renderer, so a cache is never reused across different served weights.
+
+Results are cached by the engine batch by batch, so a server failure loses no finished answer and
+a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from ..prompts import PromptRenderer
+from . import BackendError
+
+__all__ = ["OpenAIBackend", "split_target"]
+
+
+def split_target(target: str) -> tuple[str, str, str]:
+    """``"URL#MODEL[#TOKENIZER]"`` -> (base URL, served model name, tokenizer name or path)."""
+    parts = target.split("#")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(f"expected openai:URL#MODEL or openai:URL#MODEL#TOKENIZER, got openai:{target!r}")
+    url, model = parts[0], parts[1]
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"openai:{target!r}: the server URL must start with http:// or https://")
+    return url.rstrip("/"), model, parts[2] if len(parts) == 3 else model
+
+
+def public_url(url: str) -> str:
+    """The URL without credentials or query string, for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class OpenAIBackend:
+    """The LLM behind an OpenAI-compatible ``/v1/completions`` endpoint.
+
+    Args:
+        base_url: the API root, e.g. ``http://127.0.0.1:8000/v1``.
+        model: the served model's name.
+        renderer: renders prompts locally (the served model's tokenizer and chat template).
+        api_key: sent as the bearer token; ``None`` reads ``api_key_env`` (or sends ``"EMPTY"``).
+        max_retries: retries of a request on connection errors, timeouts, 429 and 5xx.
+        timeout: seconds per request.
+        concurrency: requests in flight at once.
+    """
+
+    def __init__(self, base_url: str, model: str, renderer: PromptRenderer, *, api_key: str | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", max_retries: int = 4, timeout: float = 120.0,
+                 concurrency: int = 16) -> None:
+        from openai import OpenAI
+
+        self.base_url, self.model, self.renderer = base_url.rstrip("/"), model, renderer
+        self.tokenizer = renderer.tokenizer
+        self.max_retries, self.concurrency = max_retries, concurrency
+        self._client = OpenAI(base_url=self.base_url, api_key=api_key or os.environ.get(api_key_env) or "EMPTY",
+                              max_retries=max_retries, timeout=timeout)
+        self._add_special_tokens = not renderer.use_chat_template
+        self._takes_lists: bool | None = None  # detected at the first batch
+        self._loglik_mode: str | None = None  # "prompt_logprobs" or "echo", detected at the first call
+        self._fingerprint: str | None = None
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self.max_in_flight = 0  # the most requests this backend had open at once (observability, tests)
+
+    @classmethod
+    def from_spec(cls, target: str, **kwargs: Any) -> OpenAIBackend:
+        """From the part after ``openai:``; the tokenizer is loaded locally, no weights."""
+        from transformers import AutoTokenizer
+
+        from .hf import resolve_model
+
+        url, model, tokenizer = split_target(target)
+        renderer_kwargs = {k: kwargs.pop(k) for k in ("max_exemplar_tokens", "use_chat_template") if k in kwargs}
+        return cls(url, model, PromptRenderer(AutoTokenizer.from_pretrained(resolve_model(tokenizer)),
+                                              **renderer_kwargs), **kwargs)
+
+    @property
+    def name(self) -> str:
+        return f"openai:{public_url(self.base_url)}#{self.model}"
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], Any], what: str) -> Any:
+        """One API call with the client's retries; errors become one clear :class:`BackendError`."""
+        import openai
+
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            return fn()
+        except openai.APIStatusError as err:
+            message = getattr(err, "body", None) or err.message
+            raise BackendError(f"{public_url(self.base_url)} ({self.model}): {what} failed with HTTP "
+                               f"{err.status_code}: {message}") from None
+        except (openai.APIConnectionError, openai.APITimeoutError) as err:
+            raise BackendError(f"{public_url(self.base_url)} ({self.model}): {what} failed after "
+                               f"{self.max_retries} retries: {type(err).__name__}: {err}") from None
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _complete(self, prompt: str | list[str] | list[int], **params: Any) -> list[Any]:
+        response = self._call(lambda: self._client.completions.create(model=self.model, prompt=prompt, **params),
+                              "completion")
+        return sorted(response.choices, key=lambda c: c.index)
+
+    def _map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        if len(items) == 1:
+            return [fn(items[0])]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 32, *, batch_size: int = 16,
+                 stop: Sequence[str] = ()) -> list[str]:
+        """Greedy completions, in order; text from the first ``stop`` string on is cut, as in process."""
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        params = {"max_tokens": max_new_tokens, "temperature": 0.0, **({"stop": list(stop)} if stop else {})}
+        texts: list[str] = []
+        if self._takes_lists is None and len(prompts) > 1:
+            first = prompts[:batch_size]
+            try:
+                choices = self._complete(first, **params)
+                self._takes_lists = len(choices) == len(first)
+            except BackendError as err:
+                if " HTTP 4" not in str(err):
+                    raise
+                self._takes_lists = False
+            if self._takes_lists:
+                texts = [c.text for c in choices]
+                prompts = prompts[len(first):]
+        if self._takes_lists:
+            chunks = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
+            for chunk in self._map(lambda c: [x.text for x in self._complete(c, **params)], chunks):
+                texts += chunk
+        else:
+            texts += self._map(lambda p: self._complete(p, **params)[0].text, prompts)
+        out = []
+        for text in texts:
+            for s in stop:
+                text = text.split(s, 1)[0]
+            out.append(text.strip())
+        return out
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        enc = self.tokenizer(list(texts), add_special_tokens=self._add_special_tokens)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    # -- likelihood -------------------------------------------------------------------------------
+
+    def _token_logprobs(self, ids: list[int], mode: str) -> list[float | None]:
+        if mode == "prompt_logprobs":  # vLLM: one entry per prompt token, the first None
+            (choice,) = self._complete(ids, max_tokens=1, temperature=0.0, extra_body={"prompt_logprobs": 0})
+            entries = (choice.model_extra or {}).get("prompt_logprobs")
+            if not isinstance(entries, list) or len(entries) != len(ids):
+                raise BackendError("no prompt_logprobs in the response")
+            out: list[float | None] = []
+            for token, entry in zip(ids, entries):
+                if entry is None:
+                    out.append(None)
+                    continue
+                value = entry.get(str(token), entry.get(token)) if isinstance(entry, dict) else None
+                value = value if value is not None else next(iter(entry.values()))
+                out.append(float(value["logprob"] if isinstance(value, dict) else value))
+            return out
+        (choice,) = self._complete(ids, max_tokens=0, temperature=0.0, echo=True, logprobs=0)
+        logprobs = getattr(choice, "logprobs", None)
+        values = getattr(logprobs, "token_logprobs", None) if logprobs is not None else None
+        if not isinstance(values, list) or len(values) < len(ids):
+            raise BackendError("no echoed token_logprobs in the response")
+        return [None if v is None else float(v) for v in values[:len(ids)]]
+
+    def loglik(self, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 16,
+               mean: bool = False) -> np.ndarray:
+        """Sum (or per-token mean) log-probability of each target after its prompt, token ids sent as such."""
+        if len(prompts) != len(targets):
+            raise ValueError(f"loglik: {len(prompts)} prompts but {len(targets)} targets")
+        p_ids = self.tokenizer(list(prompts), add_special_tokens=self._add_special_tokens)["input_ids"] if prompts else []
+        t_ids = self.tokenizer(list(targets), add_special_tokens=False)["input_ids"] if targets else []
+        for i, (p, t) in enumerate(zip(p_ids, t_ids)):
+            if not p or not t:
+                raise ValueError(f"loglik: {'prompt' if not p else 'target'} {i} is empty")
+        if not p_ids:
+            return np.zeros(0)
+        if self._loglik_mode is None:
+            self._loglik_mode = self._detect_loglik(p_ids[0] + t_ids[0])
+
+        def score(i: int) -> float:
+            values = self._token_logprobs(p_ids[i] + t_ids[i], self._loglik_mode)[-len(t_ids[i]):]
+            return float(np.mean(values) if mean else np.sum(values))
+
+        return np.array(self._map(score, list(range(len(p_ids)))), dtype=np.float64)
+
+    def _detect_loglik(self, ids: list[int]) -> str:
+        for mode in ("prompt_logprobs", "echo"):
+            try:
+                self._token_logprobs(ids, mode)
+                return mode
+            except BackendError as err:
+                if "failed after" in str(err):  # the server is down, not unable
+                    raise
+        raise BackendError(f"{public_url(self.base_url)} ({self.model}) cannot score likelihoods: it accepts "
+                           "neither vLLM's prompt_logprobs nor echo with logprobs on /v1/completions. Serve the "
+                           "model with vLLM (or another server that supports one of them), or train with the "
+                           "generation reward")
+
+    # -- identity ---------------------------------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        """The served model as the server reports it (id, root, owner) plus the prompt format."""
+        if self._fingerprint is None:
+            listed = self._call(lambda: self._client.models.list(), "listing models")
+            served = {m.id: m for m in listed.data}
+            if self.model not in served:
+                names = ", ".join(sorted(served)[:10]) or "none"
+                raise BackendError(f"{public_url(self.base_url)} does not serve {self.model!r} (it serves: {names})")
+            entry = served[self.model]
+            extra = entry.model_extra or {}
+            identity = (entry.id, entry.owned_by, extra.get("root"), extra.get("parent"), extra.get("revision"))
+            h = hashlib.sha256(repr(("openai", identity, self.renderer.fingerprint)).encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
