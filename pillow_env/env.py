@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from .cache import check_cache_path
 from .data import Example, load_examples
 from .encoder import Encoder, load_encoder
 from .engine import RewardEngine, ScoredGeneration
@@ -128,6 +129,8 @@ class PillowMatchEnv(gym.Env):
         if isinstance(reward, str) and reward not in ("pillow", "loglik"):
             raise ValueError(f"reward must be None, 'pillow', 'loglik' or a callable, got {reward!r}")
         signal = "loglik" if reward == "loglik" else "generate"
+        if cache_path is not None and engine is None:
+            check_cache_path(Path(cache_path).expanduser())  # a bad cache path fails now, before any model load
         self._engine = engine
         if engine is None and (reward is None or isinstance(reward, str)) and isinstance(encoder, str):
             self._make_engine: Callable[[], RewardEngine] = lambda: shared_engine(
