@@ -27,7 +27,7 @@ import numpy as np
 
 from .cache import DiskCache, LRUCache
 from .data import Example
-from .rewards import RewardFn, check_reward
+from .rewards import RewardFn, check_finite, check_reward, reward_fingerprint
 from .trajectories import TrajectoryLog, example_key
 
 __all__ = ["Generator", "RewardEngine", "ScoredGeneration", "EngineStats", "SIGNALS"]
@@ -96,11 +96,16 @@ def _as_scorer(reward: Callable[..., Any]) -> Callable[[Sequence[str], Sequence[
     """A `PillowReward` returns its components; a plain reward fn becomes ``{"reward": values}``."""
     def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, np.ndarray]:
         out = reward(predictions, references)
+        name, n = _name(reward), len(predictions)
         if isinstance(out, Mapping):
             if "reward" not in out:
-                raise ValueError(f"reward {_name(reward)!r} returned a mapping without a 'reward' entry")
-            return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
-        return {"reward": check_reward(_name(reward), out, len(predictions))}
+                raise ValueError(f"reward {name!r} returned a mapping without a 'reward' entry")
+            parts = {"reward": check_reward(name, out["reward"], n)}  # same checks as a plain array
+            for key, values in out.items():
+                if key != "reward":
+                    parts[key] = check_finite(f"{name}[{key!r}]", values, n)
+            return parts
+        return {"reward": check_reward(name, out, n)}
     return score
 
 
@@ -148,7 +153,7 @@ class RewardEngine:
         if self.signal == "loglik":
             settings = repr((self.generator.fingerprint, "loglik-mean-v1"))
         else:
-            reward_fp = getattr(self.reward, "fingerprint", None) or _name(self.reward)
+            reward_fp = reward_fingerprint(self.reward)
             settings = repr((self.generator.fingerprint, self.max_new_tokens, tuple(self.stop), reward_fp))
         self._prefix = hashlib.sha256(settings.encode()).digest()
         self._renders = LRUCache(self.memory_cache_size)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import types
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +19,7 @@ import numpy as np
 from .encoder import Encoder, load_encoder
 
 __all__ = ["RewardError", "RewardFn", "rouge_l", "exact_match", "SemanticSimilarity", "PillowReward",
-           "check_reward"]
+           "check_finite", "check_reward", "reward_fingerprint"]
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 REWARD_RANGE = (-1.0, 1.0)
@@ -27,8 +29,8 @@ class RewardError(ValueError):
     """A reward function returned something unusable; the message names the reward."""
 
 
-def check_reward(name: str, values: object, n: int) -> np.ndarray:
-    """Validate one reward's output: ``n`` finite floats in [-1, 1]."""
+def check_finite(name: str, values: object, n: int) -> np.ndarray:
+    """Validate a reported component: ``n`` finite floats (any range)."""
     try:
         arr = np.asarray(values, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as err:
@@ -38,11 +40,102 @@ def check_reward(name: str, values: object, n: int) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         bad = int(np.flatnonzero(~np.isfinite(arr))[0])
         raise RewardError(f"reward {name!r} returned {arr[bad]} (not finite) for item {bad}")
+    return arr
+
+
+def check_reward(name: str, values: object, n: int) -> np.ndarray:
+    """Validate one reward's output: ``n`` finite floats in [-1, 1]."""
+    arr = check_finite(name, values, n)
     low, high = REWARD_RANGE
     if arr.size and (arr.min() < low - 1e-6 or arr.max() > high + 1e-6):
         bad = int(np.flatnonzero((arr < low - 1e-6) | (arr > high + 1e-6))[0])
         raise RewardError(f"reward {name!r} returned {arr[bad]:.4g} for item {bad}, outside [{low}, {high}]")
     return np.clip(arr, low, high)
+
+
+_UNSTABLE = "\x00id="
+
+
+def _describe(value: object, seen: set[int]) -> str:
+    """A stable text for a value a reward depends on; object addresses make it unstable (``@id``)."""
+    if id(value) in seen:
+        return "<cycle>"
+    seen = seen | {id(value)}
+    if isinstance(value, types.ModuleType):
+        return f"module {value.__name__}"
+    code = getattr(value, "__code__", None)
+    if code is not None:  # a function or lambda: its code, constants, defaults, closure and the globals it reads
+        closure = [c.cell_contents for c in (getattr(value, "__closure__", None) or ()) if _filled(c)]
+        module_globals = getattr(value, "__globals__", {})
+        used = [(n, module_globals[n]) for n in code.co_names if _code_or_data(module_globals.get(n))]
+        parts = [value.__module__, value.__qualname__, code.co_code.hex(), repr(code.co_names),
+                 *(_describe(c, seen) for c in code.co_consts), _describe(getattr(value, "__defaults__", None), seen),
+                 _describe(getattr(value, "__kwdefaults__", None), seen), *(_describe(c, seen) for c in closure),
+                 *(f"{n}={_describe(v, seen)}" for n, v in used)]
+        return "fn(" + ",".join(parts) + ")"
+    if hasattr(value, "co_code"):  # a nested code object among constants
+        return "code(" + value.co_code.hex() + repr(value.co_consts) + ")"
+    stable = getattr(value, "fingerprint", None)
+    if isinstance(stable, str):
+        return f"{type(value).__qualname__}:{stable}"
+    if isinstance(value, (str, bytes, int, float, bool, type(None))):
+        return repr(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(_describe(v, seen) for v in value) if isinstance(value, (set, frozenset)) else \
+            [_describe(v, seen) for v in value]
+        return f"{type(value).__name__}[" + ",".join(items) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{_describe(k, seen)}:{_describe(v, seen)}" for k, v in value.items()) + "}"
+    if isinstance(value, np.ndarray):
+        return f"ndarray{value.shape}{hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()[:16]}"
+    if isinstance(value, type):
+        return f"class {value.__module__}.{value.__qualname__}"
+    call = getattr(type(value), "__call__", None)
+    if call is not None and hasattr(value, "__dict__"):  # a callable object: its class's code and its state
+        return (f"{type(value).__module__}.{type(value).__qualname__}(" + _describe(call, seen) + ","
+                + _describe(vars(value), seen) + ")")
+    text = repr(value)
+    return f"{_UNSTABLE}{id(value)}:{text}" if " at 0x" in text or " object>" in text else text
+
+
+def _code_or_data(value: object) -> bool:
+    """Globals a reward reads that identify it: functions, classes and plain constants. Module-level
+    objects (lazily built scorers, models, caches) are state, not settings, and are left out."""
+    if isinstance(value, (types.FunctionType, type)):
+        return True
+    if isinstance(value, (str, bytes, int, float, bool)):
+        return True
+    if isinstance(value, (tuple, list, frozenset, set)):
+        return all(_code_or_data(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(_code_or_data(k) and _code_or_data(v) for k, v in value.items())
+    return False
+
+
+def _filled(cell: object) -> bool:
+    try:
+        cell.cell_contents  # type: ignore[attr-defined]
+        return True
+    except ValueError:
+        return False
+
+
+def reward_fingerprint(reward: object) -> str:
+    """Identifies a reward by content, for cache keys: its ``fingerprint`` attribute if it has one;
+    else its code, constants, defaults, closure and (for callable objects) state. Editing a reward
+    function, passing another lambda or changing a setting changes the key, so a cache never serves
+    an old score. Where part of it is only known by object identity the key is unique to this
+    process (no stale scores, but no reuse across runs) and a warning says how to make it stable.
+    """
+    stable = getattr(reward, "fingerprint", None)
+    if isinstance(stable, str):
+        return stable
+    text = _describe(reward, set())
+    if _UNSTABLE in text:
+        name = getattr(reward, "__qualname__", type(reward).__name__)
+        warnings.warn(f"reward {name!r} depends on objects known only by identity, so its cached scores are not "
+                      "reused across runs; give it a `fingerprint` string attribute naming its settings", stacklevel=3)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 _scorer = None
@@ -122,10 +215,9 @@ class PillowReward:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the reward settings, for cache keys (custom rewards by their qualified name)."""
+        """Identifies the reward settings, for cache keys (extra rewards by content: :func:`reward_fingerprint`)."""
         encoder = self.encoder if isinstance(self.encoder, str) else self.encoder.name
-        extra = sorted((k, getattr(f, "__qualname__", repr(f)), self.extra_weights.get(k, 0.0))
-                       for k, f in self.extra.items())
+        extra = sorted((k, reward_fingerprint(f), self.extra_weights.get(k, 0.0)) for k, f in self.extra.items())
         text = repr((self.text_weight, self.semantic_weight, encoder, extra))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
