@@ -195,6 +195,9 @@ def _select(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pillow-env", description="In-context exemplar selection as RL (PILLOW).")
+    parser.add_argument("--threads", type=_positive, default=None,
+                        help="CPU threads for the in-process LLM (default: one per core; on a shared machine "
+                             "give each process its share)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="zero-shot vs random vs same-task exemplars on the built-in suite")
@@ -280,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .resources import set_threads
+
+    set_threads(args.threads)
     try:
         args.func(args)
     except (FileNotFoundError, ValueError) as err:

@@ -15,7 +15,8 @@ from .data import Example, load_examples
 from .encoder import Encoder, load_encoder
 from .engine import RewardEngine, ScoredGeneration
 from .prompts import user_text
-from .resources import DEFAULT_MODEL, embed_examples, resolve_cache_path, shared_backend, shared_engine
+from .resources import (DEFAULT_MODEL, embed_examples, resolve_cache_path, set_threads, shared_backend,
+                        shared_engine)
 from .rewards import PillowReward
 from .suite import builtin_suite
 
@@ -97,6 +98,7 @@ class PillowMatchEnv(gym.Env):
     | ``max_new_tokens`` | 24 | generation budget per answer |
     | ``candidates`` | ``None`` | restrict actions to the C pool entries nearest the query (``None``: whole pool) |
     | ``trajectory_log`` | ``None`` | JSONL file; every scored episode is appended (for off-policy learners) |
+    | ``threads`` | ``None`` | CPU threads for the in-process LLM (``None``: torch's default, one per core) |
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -106,7 +108,8 @@ class PillowMatchEnv(gym.Env):
                  encoder: str | Encoder = "minilm", reward: Callable[..., Any] | str | None = None,
                  engine: RewardEngine | None = None, cache_path: str | Path | None = None,
                  max_new_tokens: int = 24, candidates: int | None = None,
-                 trajectory_log: str | Path | None = None, observation: Literal["embedding", "index"] = "embedding",
+                 trajectory_log: str | Path | None = None, threads: int | None = None,
+                 observation: Literal["embedding", "index"] = "embedding",
                  invalid_action: Literal["raise", "penalize"] = "penalize", invalid_penalty: float = -1.0,
                  dense: bool = False, suite_seed: int = 0, render_mode: str | None = None) -> None:
         self.pool = _examples(pool, "pool", split, suite_seed)
@@ -129,6 +132,7 @@ class PillowMatchEnv(gym.Env):
         if isinstance(reward, str) and reward not in ("pillow", "loglik"):
             raise ValueError(f"reward must be None, 'pillow', 'loglik' or a callable, got {reward!r}")
         signal = "loglik" if reward == "loglik" else "generate"
+        set_threads(threads)
         if cache_path is not None and engine is None:
             check_cache_path(Path(cache_path).expanduser())  # a bad cache path fails now, before any model load
         self._engine = engine

@@ -45,11 +45,14 @@ class PromptRenderer:
         use_chat_template: force the chat (``True``) or Alpaca (``False``) format; ``None`` = auto.
         max_exemplar_tokens: exemplars whose input or output exceed this many tokens are cut to it,
             with a warning naming the exemplar (never silently). ``None`` = no limit.
+        max_query_tokens: the same for the query's instruction and input (a 1 MB query would
+            otherwise make one step run for minutes). The cut text is part of every cache key.
     """
 
     tokenizer: Any
     use_chat_template: bool | None = None
     max_exemplar_tokens: int | None = 256
+    max_query_tokens: int | None = 1024
 
     def __post_init__(self) -> None:
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
@@ -63,15 +66,22 @@ class PromptRenderer:
         template = self.tokenizer.chat_template if self.use_chat_template else ALPACA_HEADER
         return f"{'chat' if self.use_chat_template else 'alpaca'}:{hash_text(str(template))}:{self.max_exemplar_tokens}"
 
-    def _truncate(self, text: str, what: str) -> str:
-        limit = self.max_exemplar_tokens
-        if limit is None or not text:
+    def _truncate(self, text: str, what: str, setting: str = "max_exemplar_tokens") -> str:
+        limit = getattr(self, setting)
+        if limit is None or not text or len(text.encode()) <= limit:  # a token covers at least one byte
             return text
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) <= limit:
             return text
-        warnings.warn(f"{what} has {len(ids)} tokens; truncated to max_exemplar_tokens={limit}", stacklevel=4)
+        warnings.warn(f"{what} has {len(ids)} tokens; truncated to {setting}={limit}", stacklevel=4)
         return self.tokenizer.decode(ids[:limit])
+
+    def _fit_query(self, query: Example) -> Example:
+        label = f"query ({query.instruction[:40]!r})"
+        instruction = self._truncate(query.instruction, label + " instruction", "max_query_tokens")
+        text = self._truncate(query.input, label + " input", "max_query_tokens")
+        return query if (instruction, text) == (query.instruction, query.input) else \
+            Example(instruction, text, query.output, query.metadata)
 
     def _fit(self, exemplars: Sequence[Example]) -> list[Example]:
         fitted = []
@@ -90,11 +100,11 @@ class PromptRenderer:
     def messages(self, exemplars: Sequence[Example], query: Example) -> list[dict[str, str]] | None:
         """The chat messages :meth:`render` formats (``None`` for the plain-text template): what a
         user hands to a chat-completions API instead of the text."""
-        return self._messages(self._fit(exemplars), query) if self.use_chat_template else None
+        return self._messages(self._fit(exemplars), self._fit_query(query)) if self.use_chat_template else None
 
     def render(self, exemplars: Sequence[Example], query: Example) -> str:
         """The prompt: exemplars as solved turns, then the query awaiting its answer."""
-        exemplars = self._fit(exemplars)
+        exemplars, query = self._fit(exemplars), self._fit_query(query)
         if self.use_chat_template:
             return self.tokenizer.apply_chat_template(self._messages(exemplars, query), tokenize=False,
                                                       add_generation_prompt=True)
@@ -112,7 +122,8 @@ class PromptRenderer:
         prompt = self.render(exemplars, example)
         if self.use_chat_template:
             full = self.tokenizer.apply_chat_template(
-                self._messages(self._fit(exemplars), example) + [{"role": "assistant", "content": example.output}],
+                self._messages(self._fit(exemplars), self._fit_query(example))
+                + [{"role": "assistant", "content": example.output}],
                 tokenize=False)
             if not full.startswith(prompt):
                 raise ValueError("chat template renders the answered conversation with a different prefix "

@@ -22,9 +22,22 @@ from .engine import RewardEngine
 from .prompts import user_text
 from .rewards import PillowReward
 
-__all__ = ["shared_backend", "shared_engine", "embed_examples", "DEFAULT_MODEL"]
+__all__ = ["shared_backend", "shared_engine", "embed_examples", "set_threads", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def set_threads(threads: int | None) -> None:
+    """CPU threads for the in-process LLM and encoder (torch, process-wide). ``None`` keeps torch's
+    default (one per core), which is fastest on an idle machine; on a shared one, give each process
+    its share of the cores, or busy-waiting threads of two processes slow both to a crawl."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 @functools.lru_cache(maxsize=4)

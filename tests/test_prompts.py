@@ -45,3 +45,19 @@ def test_render_pair_concatenates_to_full_conversation(chat, tiny_backbone, tiny
     prompt, completion = renderer.render_pair(EX, Q)
     assert prompt == renderer.render(EX, Q)
     assert completion.startswith("god") and completion.endswith(tok.eos_token + ("\n" if chat else ""))
+
+
+def test_a_long_query_is_truncated_with_a_warning(tiny_backbone):
+    import pytest
+
+    from pillow_env import Example
+
+    renderer = tiny_backbone.renderer
+    renderer.max_query_tokens = 32
+    huge = Example("Reverse the letters of this word.", "apple " * 200_000, "elppa")  # ~1.2 MB
+    with pytest.warns(UserWarning, match=r"query \('Reverse the letters of this word.'\) input has \d+ tokens; "
+                                         r"truncated to max_query_tokens=32"):
+        prompt = renderer.render([], huge)
+    assert len(renderer.tokenizer(prompt)["input_ids"]) < 80
+    short = Example("Reverse the letters of this word.", "apple", "elppa")
+    assert "apple" in renderer.render([], short) and renderer.messages([], short)[-1]["content"].endswith("apple")
