@@ -71,6 +71,9 @@ class Agent(ABC):
         """Constructor arguments, saved as JSON so :meth:`load` can rebuild the agent."""
         return {}
 
+    def check_settings(self, *, num_envs: int) -> None:
+        """Raise ``ValueError`` now if this agent cannot train with these settings (before any long work)."""
+
     def fit(self, env: gym.Env | gym.vector.VectorEnv, budget: Budget | None = None, **kwargs: Any) -> dict[str, Any]:
         """Learn from ``env`` within ``budget``; returns a training log. Non-learners only prepare."""
         self.prepare(unwrap(env))

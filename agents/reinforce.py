@@ -64,6 +64,10 @@ class ReinforceAgent(Agent):
                 "baseline_decay": self.baseline_decay,
                 "max_grad_norm": self.max_grad_norm, "seed": self.seed, "pool_fingerprint": self.pool_fingerprint}
 
+    def check_settings(self, *, num_envs: int) -> None:
+        if num_envs % self.group_size:
+            raise ValueError(f"reinforce: num_envs ({num_envs}) must be a multiple of group_size ({self.group_size})")
+
     def prepare(self, env: PillowMatchEnv | PillowMatchVectorEnv) -> None:
         single = env.envs[0] if isinstance(env, PillowMatchVectorEnv) else env
         fingerprint = examples_fingerprint(single.pool)
@@ -83,8 +87,7 @@ class ReinforceAgent(Agent):
         if venv.envs[0].dense:
             raise ValueError("ReinforceAgent uses the episode return; use the default sparse reward (dense=False)")
         budget = budget or Budget(episodes=1000)
-        if venv.num_envs % self.group_size:
-            raise ValueError(f"num_envs ({venv.num_envs}) must be a multiple of group_size ({self.group_size})")
+        self.check_settings(num_envs=venv.num_envs)
         self.prepare(venv)
         assert self.net is not None
         net, engine, m = self.net.train(), venv.engine, venv.envs[0].m

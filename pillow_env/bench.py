@@ -86,18 +86,44 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     test = load_split(config.test, "test", config.seed)
     if config.test_limit is not None:
         test = test[:config.test_limit]
+    # Everything that can be wrong is checked here, before the model loads and before any agent runs.
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot create the folder ({err.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out} is not writable")
+    from .cache import check_cache_path
+
+    check_cache_path(config.cache or out / "cache.sqlite")
     results_path = out / "results.json"
     settings = _settings(config, pool, train, test)
     results: dict[str, Any] = {"settings": settings, "agents": {}}
     if results_path.exists():
-        previous = json.loads(results_path.read_text())
+        try:
+            previous = json.loads(results_path.read_text(encoding="utf-8"))
+            if not isinstance(previous, dict) or not isinstance(previous.get("agents"), dict):
+                raise ValueError("no 'agents' table")
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{results_path} is not a results file of an earlier run ({err}); move it away or use "
+                             "another --out (nothing was overwritten)") from None
         differing = [k for k, v in settings.items() if previous.get("settings", {}).get(k) != v]
         if differing:
             raise ValueError(f"{results_path} holds a run with different {', '.join(differing)}; "
                              "use another --out (nothing was overwritten)")
         results = previous
+    agents = {}
+    for name in config.agents:
+        if name in results["agents"]:
+            continue
+        try:
+            agents[name] = make_seeded_agent(name, config.seed, **config.agent_kwargs.get(name, {}))
+        except TypeError as err:
+            raise ValueError(f"--agent-kwargs for {name!r}: {err}") from None
+        agents[name].check_settings(num_envs=config.num_envs)
 
     from .encoder import load_encoder
     from .engine import RewardEngine
@@ -121,7 +147,7 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
             print(f"{name}: already in {results_path}, skipped")
             continue
         start, start_calls = time.perf_counter(), train_engine.stats.llm_calls
-        agent = make_seeded_agent(name, config.seed, **config.agent_kwargs.get(name, {}))
+        agent = agents[name]
         log: dict[str, Any] = {}
         if agent.learns:
             venv = PillowMatchVectorEnv(config.num_envs, pool=pool, queries=train, m=config.shots,

@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=_positive, default=None,
                         help="CPU threads for the in-process LLM (default: one per core; on a shared machine "
                              "give each process its share)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="zero-shot vs random vs same-task exemplars on the built-in suite")
@@ -254,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     trb.add_argument("--model", default=DEFAULT_MODEL)
     trb.add_argument("--plw", type=float, default=0.1, help="prompt-loss weight in [0, 1]")
     trb.add_argument("--epochs", type=float, default=1.0)
-    trb.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    trb.add_argument("--max-steps", type=_positive, default=None, help="stop after this many optimizer steps")
     trb.add_argument("--lr", type=float, default=2e-4)
     trb.add_argument("--batch-size", type=_positive, default=8)
     trb.add_argument("--grad-accum", type=_positive, default=1)
@@ -283,12 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .backends import BackendError
     from .resources import set_threads
 
-    set_threads(args.threads)
     try:
+        set_threads(args.threads)
         args.func(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError, ImportError, BackendError) as err:
+        if args.debug:
+            raise
         print(f"pillow-env {args.command}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

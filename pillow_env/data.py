@@ -96,18 +96,40 @@ def _to_example(record: Any, mapping: Mapping[str, str | None], where: str, requ
 
 
 def _records(path: Path) -> Iterable[tuple[str, Any]]:
-    """Yield (location, parsed record); JSON arrays are located by index, JSONL by line."""
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if path.suffix == ".jsonl" or (stripped and stripped[0] == "{" and path.suffix != ".json"):
-        for lineno, line in enumerate(text.splitlines(), start=1):
+    """Yield (location, parsed record); JSON arrays are located by index, JSONL by line.
+
+    UTF-8 with or without a byte-order mark; a line that is not UTF-8 is a bad record (skippable).
+    A ``.jsonl`` file that holds one pretty-printed JSON array is read as the array it is.
+    """
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    stripped = raw.lstrip()
+    if path.suffix == ".jsonl" and stripped[:1] == b"[":
+        yield from _array(path, raw)
+        return
+    if path.suffix == ".jsonl" or (stripped[:1] == b"{" and path.suffix != ".json"):
+        for lineno, line in enumerate(raw.splitlines(), start=1):
             if not line.strip():
                 continue
+            where = f"{path}:{lineno}"
             try:
-                yield f"{path}:{lineno}", json.loads(line)
+                yield where, json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                yield where, DataError(f"{where}: not UTF-8 text (byte {err.start}: {line[err.start:err.start + 1]!r}); "
+                                       "re-save the file as UTF-8")
             except json.JSONDecodeError as err:
-                yield f"{path}:{lineno}", DataError(f"{path}:{lineno}: invalid JSON ({err.msg}, column {err.colno})")
+                yield where, DataError(f"{where}: invalid JSON ({err.msg}, column {err.colno})")
         return
+    yield from _array(path, raw)
+
+
+def _array(path: Path, raw: bytes) -> Iterable[tuple[str, Any]]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text; re-save the file as UTF-8") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:

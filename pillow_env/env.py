@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +41,24 @@ def _examples(source: ExampleSource, what: str, split: str, suite_seed: int) -> 
     if not examples or not all(isinstance(e, Example) for e in examples):
         raise TypeError(f"{what} must be 'builtin', a dataset path or a non-empty sequence of Example")
     return examples
+
+
+def _unique(pool: list[Example]) -> list[Example]:
+    """The pool without repeated records (a repeat would let an agent show one exemplar twice)."""
+    first: dict[tuple[str, str, str], int] = {}
+    repeats = []
+    for i, e in enumerate(pool):
+        key = (e.instruction, e.input, e.output)
+        if key in first:
+            repeats.append((i, first[key]))
+        else:
+            first[key] = i
+    if not repeats:
+        return pool
+    i, j = repeats[0]
+    warnings.warn(f"pool: dropped {len(repeats)} repeated record(s) (e.g. record {i} repeats record {j}); pool "
+                  f"indices refer to the {len(first)} distinct records", stacklevel=3)
+    return [pool[i] for i in sorted(first.values())]
 
 
 class PillowMatchEnv(gym.Env):
@@ -112,7 +131,7 @@ class PillowMatchEnv(gym.Env):
                  observation: Literal["embedding", "index"] = "embedding",
                  invalid_action: Literal["raise", "penalize"] = "penalize", invalid_penalty: float = -1.0,
                  dense: bool = False, suite_seed: int = 0, render_mode: str | None = None) -> None:
-        self.pool = _examples(pool, "pool", split, suite_seed)
+        self.pool = _unique(_examples(pool, "pool", split, suite_seed))
         self.queries = _examples(queries, "queries", split, suite_seed)
         if not 1 <= m <= len(self.pool):
             raise ValueError(f"m must be between 1 and the pool size {len(self.pool)}, got {m}")

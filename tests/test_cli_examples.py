@@ -43,17 +43,21 @@ def test_interrupted_bench_resumes_without_recomputing(tiny_model_dir, tmp_path,
                          out=str(out), test_limit=4, max_new_tokens=4)
     import agents
 
-    real = agents.make_seeded_agent
+    real, real_evaluate = agents.make_seeded_agent, agents.evaluate
     built, interrupted = [], []
 
-    def interrupt_at_random(name, seed):
+    def recording(name, seed, **kwargs):
         built.append(name)
-        if name == "random" and not interrupted:
-            interrupted.append(name)
-            raise KeyboardInterrupt("killed during the third agent")
-        return real(name, seed)
+        return real(name, seed, **kwargs)
 
-    monkeypatch.setattr(agents, "make_seeded_agent", interrupt_at_random)
+    def interrupt_at_random(agent, *args, **kwargs):
+        if agent.name == "random" and not interrupted:
+            interrupted.append(agent.name)
+            raise KeyboardInterrupt("killed during the third agent")
+        return real_evaluate(agent, *args, **kwargs)
+
+    monkeypatch.setattr(agents, "evaluate", interrupt_at_random)
+    monkeypatch.setattr(agents, "make_seeded_agent", recording)
     with pytest.raises(KeyboardInterrupt):
         run_bench(config, progress=False)
     kept = json.loads((out / "results.json").read_text())["agents"]

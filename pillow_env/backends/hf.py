@@ -123,10 +123,18 @@ class Backbone:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = resolve_model(name_or_path)
+        if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
+            raise FileNotFoundError(f"model {name_or_path!r}: no such folder")
         device = torch.device(device) if device is not None else _default_device()
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"model {name_or_path!r} could not be loaded as a Hugging Face causal LM: {first} "
+                             f"(a local folder with config.json, a hub name already in the local cache, or one of "
+                             f"{', '.join(ALIASES)}; openai:URL#MODEL and vllm:NAME pick other backends)") from None
         model.to(device)
         if adapter is not None:
             model = _apply_adapter(model, Path(adapter), name_or_path)
@@ -242,6 +250,16 @@ def _apply_adapter(model: Any, adapter: Path, base_name: str) -> Any:
     if not config.is_file():
         raise FileNotFoundError(f"adapter folder {adapter} has no adapter_config.json (expected peft "
                                 "save_pretrained output)")
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config}: not valid JSON ({err})") from None
+    if not isinstance(settings, dict) or "peft_type" not in settings:
+        raise ValueError(f"{config}: not a peft adapter config (no 'peft_type')")
+    from peft import PeftType
+
+    if str(settings["peft_type"]).upper() not in {t.value for t in PeftType}:
+        raise ValueError(f"{config}: unknown peft_type {settings['peft_type']!r}")
     record = adapter / "pillow_training.json"
     if record.is_file():
         trained_on = json.loads(record.read_text()).get("base_model")
