@@ -2,21 +2,27 @@
 
 REINFORCE learns from one sampled set per LLM call and forgets it. Here every scored set of a query
 is kept and the whole list teaches the network at once, as EPR / LLM-R train retrievers from scored
-candidates: the LLM is only asked to score, never to be sampled from, and the data can be reused
-for as many epochs as validation allows.
+candidates: the LLM is only asked to score, never to be sampled from, and the data is reused for as
+many epochs as validation allows.
 
 ``fit``:
 
-1. Split the training queries: a validation slice (never trained on) and the rest.
-2. Explore: for each training query, score its kNN set and random other ``m``-sets of its
+1. Explore: for every training query, score its kNN set and random other ``m``-sets of its
    ``candidates`` nearest pool entries (each set placed nearest-last in the prompt, as kNN does), as
-   many as the budget allows, plus matching episodes from earlier trajectory logs (``logs``).
-3. Train the matching network, initialised to kNN, with a listwise loss: per query, the softmax of
+   many as the budget allows (all of it goes to exploration), plus matching episodes from earlier
+   trajectory logs (``logs``).
+2. Train the matching network, initialised to kNN, with a listwise loss: per query, the softmax of
    its sets' rewards / ``target_temperature`` is the target distribution over those sets, and the
-   policy's sequence log-probabilities, renormalised over the same sets, the prediction.
-4. Select the checkpoint: at kNN (epoch 0) and at a few epochs, the greedy sets of the validation
-   queries are scored (counted in the budget, cached); the checkpoint with the largest mean paired
-   gain over kNN is kept, so the agent falls back to kNN when learning does not help.
+   network's sequence log-probabilities of the sets, renormalised over the same sets, the prediction.
+3. Choose how long to train by cross-validation over queries: in each of ``folds`` folds, train on
+   the other queries and, after every epoch, take for each held-out query the scored set the network
+   ranks first; its reward minus the kNN set's is the paired validation gain (no extra LLM call).
+   The epoch count with the largest mean out-of-fold gain wins, then the network is trained on all
+   queries for that many epochs. Zero epochs (plain kNN) is a candidate, so learning that does not
+   help leaves kNN in place.
+
+Selection ranks every ``m``-set of the shortlist by the network's sequence log-probability (greedy
+decoding when there are too many sets) and places the set nearest-last.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from .reinforce import _summary_writer
 
 __all__ = ["ListwiseAgent"]
 
+MAX_ENUMERATED_SETS = 4096
+
 
 class ListwiseAgent(Agent):
     """The matching network trained off-policy on all scored sets of a shortlist (listwise loss).
@@ -49,51 +57,51 @@ class ListwiseAgent(Agent):
     Args:
         candidates: shortlist size C: sets are drawn from, and selections restricted to, the C pool
             entries nearest the query (further capped by the env's own ``candidates``).
-        validation_fraction: share of the training queries held out to choose the checkpoint.
-        checkpoints: epochs at which the network is validated (epoch 0, kNN, always is).
+        epochs: the most epochs cross-validation may choose.
+        folds: cross-validation folds over the training queries.
         target_temperature: temperature of the softmax turning a query's set rewards into targets.
         lr, weight_decay, batch_queries: AdamW settings and queries per gradient step.
         hidden, temperature: see :class:`~agents.matching.MatchingNetwork` (always ``knn_init``).
         logs: trajectory logs (JSONL) whose episodes on the training queries are added to the data.
-        seed: seeds the split, the exploration and the network init.
+        seed: seeds the exploration, the folds and the network init.
 
-    The :class:`~agents.base.Budget` counts scored sets (LLM calls; cached ones included), for
-    exploration and validation together.
+    The :class:`~agents.base.Budget` counts scored sets (LLM calls; cached ones included).
     """
 
     name = "listwise"
     learns = True
 
-    def __init__(self, candidates: int = 8, validation_fraction: float = 0.2,
-                 checkpoints: tuple[int, ...] | list[int] = (2, 5, 10, 20, 40), target_temperature: float = 0.05,
+    def __init__(self, candidates: int = 8, epochs: int = 40, folds: int = 5, target_temperature: float = 0.05,
                  lr: float = 1e-3, weight_decay: float = 1e-2, batch_queries: int = 16, hidden: int = 256,
                  temperature: float = 0.1, logs: tuple[str, ...] | list[str] = (), seed: int = 0,
-                 pool_fingerprint: str | None = None, chosen_epoch: int | None = None) -> None:
+                 pool_fingerprint: str | None = None, chosen_epochs: int | None = None) -> None:
         if candidates < 1:
             raise ValueError(f"ListwiseAgent: candidates must be >= 1, got {candidates}")
-        if not 0.0 <= validation_fraction < 1.0:
-            raise ValueError(f"ListwiseAgent: validation_fraction must be in [0, 1), got {validation_fraction}")
-        if not checkpoints or any(c < 1 for c in checkpoints):
-            raise ValueError(f"ListwiseAgent: checkpoints must be positive epochs, got {list(checkpoints)}")
+        if epochs < 1 or folds < 2:
+            raise ValueError(f"ListwiseAgent: epochs must be >= 1 and folds >= 2, got {epochs} and {folds}")
         if not target_temperature > 0:
             raise ValueError(f"ListwiseAgent: target_temperature must be > 0, got {target_temperature}")
-        self.candidates, self.validation_fraction = candidates, validation_fraction
-        self.checkpoints = sorted(set(int(c) for c in checkpoints))
+        self.candidates, self.epochs, self.folds = candidates, epochs, folds
         self.target_temperature, self.lr, self.weight_decay = target_temperature, lr, weight_decay
         self.batch_queries, self.hidden, self.temperature = batch_queries, hidden, temperature
         self.logs, self.seed = [str(p) for p in logs], seed
-        self.pool_fingerprint, self.chosen_epoch = pool_fingerprint, chosen_epoch
+        self.pool_fingerprint, self.chosen_epochs = pool_fingerprint, chosen_epochs
         self.net: MatchingNetwork | None = None
         self.history: list[dict[str, Any]] = []
 
     def config(self) -> dict[str, Any]:
-        return {"candidates": self.candidates, "validation_fraction": self.validation_fraction,
-                "checkpoints": self.checkpoints, "target_temperature": self.target_temperature, "lr": self.lr,
-                "weight_decay": self.weight_decay, "batch_queries": self.batch_queries, "hidden": self.hidden,
-                "temperature": self.temperature, "logs": self.logs, "seed": self.seed,
-                "pool_fingerprint": self.pool_fingerprint, "chosen_epoch": self.chosen_epoch}
+        return {"candidates": self.candidates, "epochs": self.epochs, "folds": self.folds,
+                "target_temperature": self.target_temperature, "lr": self.lr, "weight_decay": self.weight_decay,
+                "batch_queries": self.batch_queries, "hidden": self.hidden, "temperature": self.temperature,
+                "logs": self.logs, "seed": self.seed, "pool_fingerprint": self.pool_fingerprint,
+                "chosen_epochs": self.chosen_epochs}
 
     # -- shared with selection -------------------------------------------------------------------
+
+    def _new_network(self, env: PillowMatchEnv) -> MatchingNetwork:
+        torch.manual_seed(self.seed)
+        keys = torch.as_tensor(embed_examples(env.encoder, env.pool, with_output=False))
+        return MatchingNetwork(keys, env.m, self.hidden, self.temperature, knn_init=True)
 
     def prepare(self, env) -> None:
         single = env.envs[0] if hasattr(env, "envs") else env
@@ -103,9 +111,7 @@ class ListwiseAgent(Agent):
                 raise ValueError("this agent was trained on a different exemplar pool "
                                  f"(fingerprint {self.pool_fingerprint}, env has {fingerprint})")
             return
-        torch.manual_seed(self.seed)
-        keys = torch.as_tensor(embed_examples(single.encoder, single.pool, with_output=False))
-        self.net = MatchingNetwork(keys, single.m, self.hidden, self.temperature, knn_init=True)
+        self.net = self._new_network(single)
         self.pool_fingerprint = fingerprint
 
     def _similarity(self, env: PillowMatchEnv, query_index: int) -> np.ndarray:
@@ -116,32 +122,32 @@ class ListwiseAgent(Agent):
         c = min(self.candidates, env.candidates or len(env.pool), len(env.pool))
         return np.argsort(-self._similarity(env, query_index), kind="stable")[:c]
 
-    def _prompt_order(self, env: PillowMatchEnv, query_index: int, picks: list[int]) -> list[int]:
+    def _prompt_order(self, env: PillowMatchEnv, query_index: int, picks) -> list[int]:
         """A set in prompt order: nearest to the query last (so the prompt is a function of the set)."""
         similarity = self._similarity(env, query_index)
-        return sorted(picks, key=lambda i: (similarity[i], -i))
-
-    @torch.no_grad()
-    def _greedy(self, env: PillowMatchEnv, query_index: int) -> list[int]:
-        assert self.net is not None
-        allowed = np.zeros(len(env.pool), dtype=bool)
-        allowed[self._shortlist(env, query_index)] = True
-
-        def scores(obs: dict[str, Any]) -> np.ndarray:
-            query = torch.as_tensor(np.asarray(obs["query"]))[None]
-            chosen = torch.as_tensor(np.asarray(obs["chosen"]))[None]
-            step = torch.as_tensor([int(obs["step"])])
-            out = self.net(query, chosen, step)[0].numpy().astype(np.float64)
-            return np.where(allowed, out, -np.inf)
-
-        picks = greedy_rollout(env, query_index, scores)
-        return self._prompt_order(env, query_index, picks)
+        return sorted((int(i) for i in picks), key=lambda i: (similarity[i], -i))
 
     def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
         self.prepare(env)
         assert self.net is not None
         self.net.eval()
-        return self._greedy(env, query_index)
+        shortlist = self._shortlist(env, query_index)
+        sets = [self._prompt_order(env, query_index, c) for c in itertools.combinations(shortlist, env.m)]
+        if len(sets) <= MAX_ENUMERATED_SETS:
+            batch = self._tensors(env, {query_index: {tuple(s): 0.0 for s in sets}}, keep_flat=True)
+            with torch.no_grad():
+                scores = self._sequence_logprob(batch, torch.as_tensor(env.pool_embeddings))[0]
+            return sets[int(scores[:len(sets)].argmax())]
+        allowed = np.zeros(len(env.pool), dtype=bool)
+        allowed[shortlist] = True
+
+        @torch.no_grad()
+        def step_scores(obs: dict[str, Any]) -> np.ndarray:
+            out = self.net(torch.as_tensor(np.asarray(obs["query"]))[None], torch.as_tensor(np.asarray(obs["chosen"]))[None],
+                           torch.as_tensor([int(obs["step"])]))[0].numpy().astype(np.float64)
+            return np.where(allowed, out, -np.inf)
+
+        return self._prompt_order(env, query_index, greedy_rollout(env, query_index, step_scores))
 
     # -- training --------------------------------------------------------------------------------
 
@@ -154,112 +160,105 @@ class ListwiseAgent(Agent):
         budget = budget or Budget(generations=2000)
         limit = min(b for b in (budget.episodes, budget.generations) if b is not None)
         self.prepare(single)
-        assert self.net is not None
         engine, m, n_queries = single.engine, single.m, len(single.queries)
         rng = np.random.default_rng(self.seed)
-        calls = 0
 
-        def score(requests: list[tuple[int, list[int]]], desc: str) -> list[float]:
-            nonlocal calls
-            rewards: list[float] = []
-            for lo in tqdm(range(0, len(requests), 64), desc=desc, unit="batch", disable=not progress, leave=False):
-                chunk = requests[lo:lo + 64]
-                scored = engine.score([([single.pool[i] for i in sel], single.queries[q]) for q, sel in chunk])
-                rewards += [s.reward for s in scored]
-            calls += len(requests)
-            return rewards
-
-        # 1. Split: a validation slice of the training queries, never trained on.
-        order = rng.permutation(n_queries)
-        n_val = int(round(self.validation_fraction * n_queries)) if n_queries >= 5 else 0
-        val_queries, train_queries = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
-
-        # 2. Explore: the kNN set and random other sets of each training query's shortlist.
-        knn_sets = {q: self._prompt_order(single, q, self._shortlist(single, q)[:m].tolist()) for q in range(n_queries)}
-        validation_cost = n_val * (1 + len(self.checkpoints))
-        per_query = max(1, (limit - validation_cost) // max(1, len(train_queries)))
+        # 1. Explore: the kNN set and random other sets of every query's shortlist, within the budget.
+        per_query = max(1, limit // n_queries)
         plan: list[tuple[int, list[int]]] = []
-        for q in train_queries:
+        for q in rng.permutation(n_queries).tolist():
             shortlist = self._shortlist(single, q).tolist()
-            others = [list(c) for c in itertools.combinations(shortlist, m)
-                      if sorted(c) != sorted(knn_sets[q])]
+            knn = self._prompt_order(single, q, shortlist[:m])
+            others = [self._prompt_order(single, q, c) for c in itertools.combinations(shortlist, m)]
+            others = [c for c in others if c != knn]
             rng.shuffle(others)
-            plan.append((q, knn_sets[q]))
-            plan += [(q, self._prompt_order(single, q, c)) for c in others[:per_query - 1]]
-        plan = plan[:max(0, limit - n_val)]
-        data: dict[int, dict[tuple[int, ...], float]] = {q: {} for q in train_queries}
-        for (q, sel), r in zip(plan, score(plan, "listwise: explore")):
-            data[q][tuple(sel)] = r
-        allowed_train = set(train_queries)
+            plan += [(q, knn)] + [(q, c) for c in others[:per_query - 1]]
+        plan = plan[:limit]
+        data: dict[int, dict[tuple[int, ...], float]] = {q: {} for q in range(n_queries)}
+        for lo in tqdm(range(0, len(plan), 64), desc="listwise: explore", unit="batch", disable=not progress):
+            chunk = plan[lo:lo + 64]
+            scored = engine.score([([single.pool[i] for i in sel], single.queries[q]) for q, sel in chunk])
+            for (q, sel), s in zip(chunk, scored):
+                data[q][tuple(sel)] = s.reward
         for path in self.logs:
             for t in read_trajectories(path, single.pool, single.queries, fingerprint=engine.fingerprint):
                 shortlist = set(self._shortlist(single, t.query_index).tolist())
-                if (t.query_index in allowed_train and len(t.exemplars) == m and set(t.exemplars) <= shortlist
-                        and list(t.exemplars) == self._prompt_order(single, t.query_index, list(t.exemplars))):
+                if (len(t.exemplars) == m and set(t.exemplars) <= shortlist
+                        and list(t.exemplars) == self._prompt_order(single, t.query_index, t.exemplars)):
                     data[t.query_index].setdefault(tuple(t.exemplars), t.reward)
-        batches = self._tensors(single, data)
+        knn_sets = {q: tuple(self._prompt_order(single, q, self._shortlist(single, q)[:m])) for q in data}
+        usable = [q for q in data if knn_sets[q] in data[q] and len(data[q]) >= 2]
         table = torch.as_tensor(single.pool_embeddings)
 
-        # 3 + 4. Train listwise; validate kNN (epoch 0) and each checkpoint by paired gain over kNN.
-        validation: dict[tuple[int, tuple[int, ...]], float] = {}
-        val_knn = np.zeros(0)
-        if n_val:
-            val_knn = np.array(score([(q, knn_sets[q]) for q in val_queries], "listwise: validate kNN"))
-            validation.update({(q, tuple(knn_sets[q])): r for q, r in zip(val_queries, val_knn)})
-        best = {"epoch": 0, "gain": 0.0, "state": {k: v.clone() for k, v in self.net.state_dict().items()}}
-        optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        writer = _summary_writer(tensorboard)
-        torch.manual_seed(self.seed)
-        self.history = []
-        for epoch in tqdm(range(1, self.checkpoints[-1] + 1), desc="listwise: train", unit="epoch",
-                          disable=not progress):
-            self.net.train()
-            losses = []
-            for idx in torch.randperm(len(batches["rewards"])).split(self.batch_queries):
-                loss = self._loss({k: v[idx] for k, v in batches.items()}, table)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-            record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else 0.0}
-            if epoch in self.checkpoints and n_val:
-                self.net.eval()
-                picks = {q: tuple(self._greedy(single, q)) for q in val_queries}
-                new = [(q, list(s)) for q, s in picks.items() if (q, s) not in validation]
-                if calls + len(new) > limit:
-                    record["skipped"] = f"validation needs {len(new)} more LLM calls than the budget has left"
-                else:
-                    validation.update({(q, tuple(s)): r for (q, s), r in zip(new, score(new, "listwise: validate"))})
-                    record["llm_calls"] = calls
-                    reward = np.array([validation[(q, picks[q])] for q in val_queries])
-                    gain = reward - val_knn
-                    record["validation_reward"] = float(reward.mean())
-                    record["validation_gain"] = paired_bootstrap(gain)
-                    if gain.mean() > best["gain"]:
-                        best = {"epoch": epoch, "gain": float(gain.mean()),
-                                "state": {k: v.clone() for k, v in self.net.state_dict().items()}}
-            self.history.append(record)
-            if writer is not None:
-                writer.add_scalar("listwise/loss", record["loss"], epoch)
-                if "validation_gain" in record:
-                    writer.add_scalar("listwise/validation_gain", record["validation_gain"]["mean"], epoch)
-        if writer is not None:
-            writer.close()
-        if n_val:  # without a validation slice the last epoch stands
-            self.net.load_state_dict(best["state"])
-            self.chosen_epoch = best["epoch"]
-        else:
-            self.chosen_epoch = self.checkpoints[-1]
-        self.net.eval()
-        scored_sets = sum(len(v) for v in data.values())
-        curve = [{"episodes": r["llm_calls"], "reward": r["validation_reward"]}  # reward on validation queries
-                 for r in self.history if "validation_reward" in r]
-        return {"episodes": calls, "generations": calls, "scored_sets": scored_sets, "chosen_epoch": self.chosen_epoch,
-                "validation_gain": best["gain"], "history": curve, "epochs": self.history}
+        # 2 + 3. Cross-validate the number of epochs: out-of-fold paired gain over the kNN set.
+        folds = np.array_split(rng.permutation(usable), min(self.folds, max(len(usable), 1)))
+        gains = np.zeros((self.epochs + 1, len(usable)))  # epoch 0 = kNN: gain 0 by construction
+        column = {q: i for i, q in enumerate(usable)}
+        for k, held_out in enumerate(tqdm(folds, desc="listwise: cross-validate", unit="fold", disable=not progress)):
+            held = set(held_out.tolist())
+            train = self._tensors(single, {q: data[q] for q in usable if q not in held})
+            valid = self._tensors(single, {q: data[q] for q in held_out.tolist()}, keep_flat=True)
+            net = self._new_network(single)
+            optimizer = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            for epoch in range(1, self.epochs + 1):
+                self._epoch(net, optimizer, train, table)
+                gains[epoch, [column[q] for q in valid["queries_index"]]] = self._gain(net, valid, table, knn_sets)
+        mean_gain = gains.mean(axis=1)
+        best = int(mean_gain.argmax())
+        self.chosen_epochs = best
+        self.history = [{"epochs": e, "validation_gain": paired_bootstrap(gains[e]) if usable else None}
+                        for e in range(self.epochs + 1)]
 
-    def _tensors(self, env: PillowMatchEnv, data: dict[int, dict[tuple[int, ...], float]]) -> dict[str, torch.Tensor]:
-        """Padded per-query tensors: sets in pick order (nearest first), rewards, valid-set and shortlist masks."""
-        rows = [(q, sets) for q, sets in data.items() if len(sets) >= 2 and np.ptp(list(sets.values())) > 1e-9]
+        # Final: all queries, the chosen number of epochs, from the kNN initialisation.
+        self.net = self._new_network(single)
+        if best and usable:
+            optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            everything = self._tensors(single, {q: data[q] for q in usable})
+            for _ in range(best):
+                self._epoch(self.net, optimizer, everything, table)
+        self.net.eval()
+        writer = _summary_writer(tensorboard)
+        if writer is not None:
+            for e, g in enumerate(mean_gain):
+                writer.add_scalar("listwise/validation_gain", g, e)
+            writer.close()
+        scored = sum(len(v) for v in data.values())
+        return {"episodes": len(plan), "generations": len(plan), "scored_sets": scored, "chosen_epochs": best,
+                "validation_gain": self.history[best]["validation_gain"], "history": [], "epochs": self.history}
+
+    def _epoch(self, net: MatchingNetwork, optimizer: torch.optim.Optimizer, batches: dict[str, Any],
+               table: torch.Tensor) -> None:
+        net.train()
+        for idx in torch.randperm(len(batches["rewards"])).split(self.batch_queries):
+            batch = {k: v[idx] for k, v in batches.items() if isinstance(v, torch.Tensor)}
+            predicted = torch.log_softmax(self._sequence_logprob(batch, table, net).masked_fill(~batch["valid"],
+                                                                                                float("-inf")), -1)
+            target = torch.softmax((batch["rewards"] / self.target_temperature).masked_fill(~batch["valid"],
+                                                                                          float("-inf")), -1)
+            loss = -(target * predicted.masked_fill(~batch["valid"], 0.0)).sum(-1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        net.eval()
+
+    @torch.no_grad()
+    def _gain(self, net: MatchingNetwork, valid: dict[str, Any], table: torch.Tensor,
+              knn_sets: dict[int, tuple[int, ...]]) -> np.ndarray:
+        """Per held-out query: reward of the scored set the network ranks first minus the kNN set's."""
+        scores = self._sequence_logprob(valid, table, net).masked_fill(~valid["valid"], float("-inf"))
+        first = scores.argmax(-1)
+        rewards = valid["rewards"][torch.arange(len(first)), first].numpy()
+        knn = np.array([valid["sets"][row][knn_sets[q]] for row, q in enumerate(valid["queries_index"])])
+        return rewards - knn
+
+    def _tensors(self, env: PillowMatchEnv, data: dict[int, dict[tuple[int, ...], float]],
+                 keep_flat: bool = False) -> dict[str, Any]:
+        """Padded per-query tensors: sets in pick order (nearest first), rewards, valid-set and shortlist masks.
+
+        Training drops queries whose sets all scored the same (nothing to learn); ``keep_flat`` keeps them.
+        """
+        rows = [(q, sets) for q, sets in data.items()
+                if keep_flat or (len(sets) >= 2 and np.ptp(list(sets.values())) > 1e-9)]
         width = max((len(sets) for _, sets in rows), default=1)
         n, m, k = len(rows), env.m, len(env.pool)
         picks = torch.zeros((n, width, m), dtype=torch.long)
@@ -273,12 +272,18 @@ class ListwiseAgent(Agent):
                 rewards[row, col], valid[row, col] = r, True
             allowed[row, torch.as_tensor(self._shortlist(env, q))] = True
             queries[row] = torch.as_tensor(env.query_embeddings[q])
-        return {"picks": picks, "rewards": rewards, "valid": valid, "allowed": allowed, "queries": queries}
+        return {"picks": picks, "rewards": rewards, "valid": valid, "allowed": allowed, "queries": queries,
+                "queries_index": [q for q, _ in rows], "sets": [sets for _, sets in rows]}
 
-    def _loss(self, batch: dict[str, torch.Tensor], table: torch.Tensor) -> torch.Tensor:
-        """Listwise cross-entropy; ``table`` holds the pool embeddings the observation shows for chosen entries."""
-        assert self.net is not None
-        picks, valid = batch["picks"], batch["valid"]
+    def _sequence_logprob(self, batch: dict[str, Any], table: torch.Tensor,
+                          net: MatchingNetwork | None = None) -> torch.Tensor:
+        """(queries, sets) log-probability of picking each set in order, within the shortlist.
+
+        ``table`` holds the pool embeddings the observation shows for chosen entries.
+        """
+        net = net or self.net
+        assert net is not None
+        picks = batch["picks"]
         n, width, m = picks.shape
         flat = picks.reshape(n * width, m)
         query = batch["queries"].repeat_interleave(width, 0)
@@ -286,13 +291,12 @@ class ListwiseAgent(Agent):
         chosen = torch.zeros((n * width, m, table.shape[1]))
         sequence = torch.zeros(n * width)
         for t in range(m):
-            logits = self.net(query, chosen, torch.full((n * width,), t), mask)
+            logits = net(query, chosen, torch.full((n * width,), t), mask)
             sequence = sequence + torch.log_softmax(logits, -1).gather(1, flat[:, t:t + 1]).squeeze(1)
+            chosen = chosen.clone()
             chosen[:, t] = table[flat[:, t]]
             mask[torch.arange(n * width), flat[:, t]] = False
-        predicted = torch.log_softmax(sequence.reshape(n, width).masked_fill(~valid, float("-inf")), -1)
-        target = torch.softmax((batch["rewards"] / self.target_temperature).masked_fill(~valid, float("-inf")), -1)
-        return -(target * predicted.masked_fill(~valid, 0.0)).sum(-1).mean()
+        return sequence.reshape(n, width)
 
     # -- persistence -----------------------------------------------------------------------------
 
