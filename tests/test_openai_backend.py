@@ -200,3 +200,18 @@ def test_results_before_a_failure_stay_cached_and_a_rerun_resumes(stub, tmp_path
     scored = rerun.score(requests)
     assert rerun.stats.disk_hits == 2 and rerun.stats.generations == 2
     assert [s.cached for s in scored] == [True, True, False, False]
+
+
+def test_vllm_backend_without_vllm_says_how_to_get_it(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_vllm(name, *args, **kwargs):
+        if name == "vllm" or name.startswith("vllm."):
+            raise ImportError("No module named 'vllm'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_vllm)
+    with pytest.raises(ImportError, match=r"the vllm backend needs vLLM: pip install 'pillow-env\[vllm\]'"):
+        load_backend("vllm:smollm2-135m-instruct")

@@ -163,7 +163,7 @@ def _stub_problem(hash_encoder):
 def test_listwise_learns_the_best_pairs_off_policy_and_beats_knn(hash_encoder, tmp_path):
     pool, queries, best, engine = _stub_problem(hash_encoder)
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    agent = ListwiseAgent(candidates=12, epochs=60, seed=0)
+    agent = ListwiseAgent(candidates=12, epochs=60, seed=0, signal="env")
     log = agent.fit(venv, Budget(generations=600), progress=False)
     assert log["episodes"] <= 600 and engine.stats.generations <= 600
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
@@ -180,7 +180,7 @@ def test_listwise_falls_back_to_knn_when_learning_does_not_help(hash_encoder):
     pool, queries, _, _ = _stub_problem(hash_encoder)
     engine = RewardEngine(StubGenerator({"fr": set(), "sum": set()}), stub_reward)  # every set scores the same
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    agent = ListwiseAgent(candidates=6, epochs=3, seed=0)
+    agent = ListwiseAgent(candidates=6, epochs=3, seed=0, signal="env")
     log = agent.fit(venv, Budget(generations=100), progress=False)
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
     assert log["chosen_epochs"] == 0
@@ -192,11 +192,22 @@ def test_listwise_trains_on_logged_episodes(hash_encoder, tmp_path):
     log_path = tmp_path / "trajectories.jsonl"
     engine = RewardEngine(StubGenerator(best), stub_reward, log_path=log_path)
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    ListwiseAgent(candidates=12, epochs=1, seed=1).fit(venv, Budget(generations=300), progress=False)
+    ListwiseAgent(candidates=12, epochs=1, seed=1, signal="env").fit(venv, Budget(generations=300), progress=False)
     logged = len(log_path.read_text().splitlines())
-    agent = ListwiseAgent(candidates=12, epochs=1, seed=0, logs=[str(log_path)])
+    agent = ListwiseAgent(candidates=12, epochs=1, seed=0, logs=[str(log_path)], signal="env")
     log = agent.fit(venv, Budget(generations=60), progress=False)
     assert log["scored_sets"] > 60 and logged >= 250
+
+
+def test_listwise_scores_by_likelihood_by_default_and_falls_back_where_it_cannot(engine, hash_encoder):
+    venv = PillowMatchVectorEnv(4, pool=POOL, queries=TRAIN, engine=engine, encoder=hash_encoder)
+    ListwiseAgent(epochs=2).fit(venv, Budget(generations=48), progress=False)
+    assert engine.stats.generations == 0  # the env's engine generated nothing: its likelihood sibling scored
+    pool, queries, _, stub_engine = _stub_problem(hash_encoder)
+    stub_venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=stub_engine, encoder=hash_encoder)
+    with pytest.warns(UserWarning, match="cannot score likelihoods.*training on the env's reward"):
+        ListwiseAgent(epochs=1).fit(stub_venv, Budget(generations=40), progress=False)
+    assert stub_engine.stats.requests == 40 and stub_engine.stats.loglik_passes == 0
 
 
 # -- paired statistics ---------------------------------------------------------------------------
