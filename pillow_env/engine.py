@@ -163,12 +163,15 @@ class RewardEngine:
         return self._prefix.hex()[:16]
 
     def with_signal(self, signal: Literal["generate", "loglik"]) -> RewardEngine:
-        """This engine, or a sibling on the same LLM, cache file and log that scores with ``signal``."""
+        """This engine, or a sibling on the same LLM, cache file, log and stats that scores with ``signal``
+        (sharing the stats keeps one count of the LLM calls a run made)."""
         if signal == self.signal:
             return self
-        return RewardEngine(self.generator, self.reward, max_new_tokens=self.max_new_tokens,
-                            batch_size=self.batch_size, stop=self.stop, memory_cache_size=self.memory_cache_size,
-                            cache_path=self.cache_path, signal=signal, log_path=self.log_path)
+        sibling = RewardEngine(self.generator, self.reward, max_new_tokens=self.max_new_tokens,
+                               batch_size=self.batch_size, stop=self.stop, memory_cache_size=self.memory_cache_size,
+                               cache_path=self.cache_path, signal=signal, log_path=self.log_path)
+        sibling.stats = self.stats
+        return sibling
 
     def render(self, exemplars: Sequence[Example], query: Example) -> str:
         """The prompt text, memoised: rendering a chat template costs more than a cache hit."""

@@ -106,7 +106,7 @@ def test_train_agent_saves(tiny_model_dir, tmp_path, capsys):
 def test_example_quickstart(tiny_model_dir, tmp_path):
     results = example("quickstart").main(model=str(tiny_model_dir), episodes=16, out=str(tmp_path / "q"),
                                          test_limit=4)
-    assert list(results["agents"]) == ["zero_shot", "random", "knn", "reinforce"]
+    assert list(results["agents"]) == ["zero_shot", "random", "knn", "listwise"]
 
 
 def test_example_swap_algorithms(tiny_model_dir):

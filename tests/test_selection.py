@@ -202,7 +202,7 @@ def test_listwise_trains_on_logged_episodes(hash_encoder, tmp_path):
 def test_listwise_scores_by_likelihood_by_default_and_falls_back_where_it_cannot(engine, hash_encoder):
     venv = PillowMatchVectorEnv(4, pool=POOL, queries=TRAIN, engine=engine, encoder=hash_encoder)
     ListwiseAgent(epochs=2).fit(venv, Budget(generations=48), progress=False)
-    assert engine.stats.generations == 0  # the env's engine generated nothing: its likelihood sibling scored
+    assert engine.stats.generations == 0 and engine.stats.loglik_passes == 48  # its likelihood sibling scored
     pool, queries, _, stub_engine = _stub_problem(hash_encoder)
     stub_venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=stub_engine, encoder=hash_encoder)
     with pytest.warns(UserWarning, match="cannot score likelihoods.*training on the env's reward"):
