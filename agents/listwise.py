@@ -8,9 +8,10 @@ many epochs as validation allows.
 ``fit``:
 
 1. Explore: for every training query, score (by default with the likelihood signal: the reference's
-   mean token log-likelihood after the prompt, one forward pass, no decoding) its kNN set and random other ``m``-sets of its
-   ``candidates`` nearest pool entries (each set placed nearest-last in the prompt, as kNN does), as
-   many as the budget allows (all of it goes to exploration), plus matching episodes from earlier
+   mean token log-likelihood after the prompt, one forward pass, no decoding) its kNN set and random
+   other ``m``-sets of its ``candidates`` nearest pool entries (each set placed nearest-last in the
+   prompt, as kNN does), as many as the budget allows (all of it goes to exploration), plus matching
+   episodes from earlier
    trajectory logs (``logs``).
 2. Train the matching network, initialised to kNN, with a listwise loss: per query, the softmax of
    its sets' rewards / ``target_temperature`` is the target distribution over those sets, and the
@@ -29,7 +30,6 @@ decoding when there are too many sets) and places the set nearest-last.
 from __future__ import annotations
 
 import itertools
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,8 @@ class ListwiseAgent(Agent):
         return {"candidates": self.candidates, "epochs": self.epochs, "folds": self.folds,
                 "target_temperature": self.target_temperature, "lr": self.lr, "weight_decay": self.weight_decay,
                 "batch_queries": self.batch_queries, "hidden": self.hidden, "temperature": self.temperature,
-                "signal": self.signal, "explore_temperature": self.explore_temperature, "logs": self.logs, "seed": self.seed,
+                "signal": self.signal, "explore_temperature": self.explore_temperature, "logs": self.logs,
+                "seed": self.seed,
                 "pool_fingerprint": self.pool_fingerprint,
                 "chosen_epochs": self.chosen_epochs}
 
@@ -160,8 +161,9 @@ class ListwiseAgent(Agent):
 
         @torch.no_grad()
         def step_scores(obs: dict[str, Any]) -> np.ndarray:
-            out = self.net(torch.as_tensor(np.asarray(obs["query"]))[None], torch.as_tensor(np.asarray(obs["chosen"]))[None],
-                           torch.as_tensor([int(obs["step"])]))[0].numpy().astype(np.float64)
+            query = torch.as_tensor(np.asarray(obs["query"]))[None]
+            chosen = torch.as_tensor(np.asarray(obs["chosen"]))[None]
+            out = self.net(query, chosen, torch.as_tensor([int(obs["step"])]))[0].numpy().astype(np.float64)
             return np.where(allowed, out, -np.inf)
 
         return self._prompt_order(env, query_index, greedy_rollout(env, query_index, step_scores))
@@ -341,12 +343,7 @@ class ListwiseAgent(Agent):
     # -- persistence -----------------------------------------------------------------------------
 
     def _save_weights(self, path: Path) -> None:
-        if self.net is None:
-            raise ValueError("nothing to save: fit or prepare the agent first")
-        save_network(self.net, path)
-        (path / "history.json").write_text(json.dumps(self.history))
+        save_network(self.net, path, self.history)
 
     def _load_weights(self, path: Path, trusted: bool = False) -> None:
-        self.net = load_network(path, self.hidden, self.temperature, knn_init=True)
-        history = path / "history.json"
-        self.history = json.loads(history.read_text()) if history.is_file() else []
+        self.net, self.history = load_network(path, self.hidden, self.temperature, knn_init=True)

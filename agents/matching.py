@@ -9,6 +9,7 @@ RL only has to learn the corrections.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -66,15 +67,20 @@ class MatchingNetwork(nn.Module):
         return logits
 
 
-def save_network(net: MatchingNetwork, folder: Path) -> None:
+def save_network(net: MatchingNetwork | None, folder: Path, history: list) -> None:
+    """The weights (safetensors) and the training history (JSON) of a matching-network agent."""
+    if net is None:
+        raise ValueError("nothing to save: fit or prepare the agent first")
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / WEIGHTS_NAME))
+    (folder / "history.json").write_text(json.dumps(history))
 
 
-def load_network(folder: Path, hidden: int, temperature: float, knn_init: bool) -> MatchingNetwork:
-    """Rebuild a saved network; the pool embeddings and ``m`` come from the weights themselves."""
+def load_network(folder: Path, hidden: int, temperature: float, knn_init: bool) -> tuple[MatchingNetwork, list]:
+    """Rebuild a saved network and its history; the pool embeddings and ``m`` come from the weights."""
     state = load_file(str(folder / WEIGHTS_NAME))
     prompts = state["prompts"]
     m = state["state_mlp.net.0.weight"].shape[1] - 2 * prompts.shape[1] - 1
     net = MatchingNetwork(prompts, m, hidden, temperature, knn_init)
     net.load_state_dict(state)
-    return net.eval()
+    history = folder / "history.json"
+    return net.eval(), json.loads(history.read_text()) if history.is_file() else []

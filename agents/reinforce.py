@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -166,15 +165,10 @@ class ReinforceAgent(Agent):
         return greedy_rollout(env, query_index, self.scores)
 
     def _save_weights(self, path: Path) -> None:
-        if self.net is None:
-            raise ValueError("nothing to save: fit or prepare the agent first")
-        save_network(self.net, path)
-        (path / "history.json").write_text(json.dumps(self.history))
+        save_network(self.net, path, self.history)
 
     def _load_weights(self, path: Path, trusted: bool = False) -> None:
-        self.net = load_network(path, self.hidden, self.temperature, self.knn_init)
-        history = path / "history.json"
-        self.history = json.loads(history.read_text()) if history.is_file() else []
+        self.net, self.history = load_network(path, self.hidden, self.temperature, self.knn_init)
 
 
 def _summary_writer(logdir: str | Path | None):

@@ -63,7 +63,8 @@ def _settings(config: BenchConfig, pool: list[Example], train: list[Example], te
     return {"model": config.model, "adapter": config.adapter, "shots": config.shots, "seed": config.seed,
             "episodes": config.episodes, "max_new_tokens": config.max_new_tokens, "num_envs": config.num_envs,
             "agent_kwargs": config.agent_kwargs, "candidates": config.candidates,
-            "train_reward": config.train_reward, "pool": examples_fingerprint(pool), "train": examples_fingerprint(train),
+            "train_reward": config.train_reward, "pool": examples_fingerprint(pool),
+            "train": examples_fingerprint(train),
             "test": examples_fingerprint(test)}
 
 
@@ -207,7 +208,7 @@ def results_table(results: dict[str, Any]) -> str:
     lines = [f"Model `{s['model']}`{' + adapter ' + str(s['adapter']) if s['adapter'] else ''}, "
              f"{s['shots']} shots, {s['episodes']} training episodes per learning agent{train}{shortlist}, "
              f"seed {s['seed']}.", "",
-             f"| agent | reward | {'vs ' + reference + ' [95% paired CI]' if reference else 'vs reference'} | ROUGE-L | "
+             f"| agent | reward | vs {reference or 'reference'} [95% paired CI] | ROUGE-L | "
              "semantic | exact match | LLM calls (train + eval) | wall s |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in results["agents"].items():

@@ -116,8 +116,8 @@ def _records(path: Path) -> Iterable[tuple[str, Any]]:
             try:
                 yield where, json.loads(line.decode("utf-8"))
             except UnicodeDecodeError as err:
-                yield where, DataError(f"{where}: not UTF-8 text (byte {err.start}: {line[err.start:err.start + 1]!r}); "
-                                       "re-save the file as UTF-8")
+                bad = line[err.start:err.start + 1]
+                yield where, DataError(f"{where}: not UTF-8 text (byte {err.start}: {bad!r}); re-save the file as UTF-8")
             except json.JSONDecodeError as err:
                 yield where, DataError(f"{where}: invalid JSON ({err.msg}, column {err.colno})")
         return

@@ -111,7 +111,7 @@ class PillowMatchEnv(gym.Env):
     | ``m`` | 2 | exemplars per episode |
     | ``model`` / ``adapter`` | SmolLM2-135M-Instruct / ``None`` | any HF causal LM name/path; peft adapter folder |
     | ``encoder`` | ``"minilm"`` | sentence encoder (name or loaded ``Encoder``) for observations and reward |
-    | ``reward`` | ``None`` | ``None`` / ``"pillow"`` = ``PillowReward``; ``"loglik"``; or any ``fn(predictions, references)`` |
+    | ``reward`` | ``None`` | ``None``/``"pillow"``: ``PillowReward``; ``"loglik"``; any ``fn(predictions, references)`` |
     | ``engine`` | ``None`` | share an existing ``RewardEngine`` (overrides model/adapter/reward) |
     | ``cache_path`` | ``None`` | SQLite file caching generations across runs |
     | ``max_new_tokens`` | 24 | generation budget per answer |

@@ -9,7 +9,6 @@ import json
 import pytest
 
 from pillow_env import DataError, Example, builtin_suite, load_examples
-from pillow_env.bench import BenchConfig, run_bench
 from pillow_env.cli import main
 from pillow_env.env import PillowMatchEnv
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BackendError", "load_backend", "load_renderer", "parse_spec"]
+__all__ = ["BackendError", "load_backend", "load_renderer", "parse_spec", "loglik_token_ids"]
 
 
 class BackendError(RuntimeError):
@@ -67,3 +67,21 @@ def load_renderer(spec: str) -> Any:
 
         target = split_target(target)[2]
     return PromptRenderer(AutoTokenizer.from_pretrained(resolve_model(target)))
+
+
+def loglik_token_ids(tokenizer: Any, prompts: list[str] | tuple[str, ...], targets: list[str] | tuple[str, ...],
+                     add_special_tokens: bool) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of prompts and targets, tokenized apart (so the scored tokens are exactly the
+    target's whatever merges the boundary would allow), with the checks every backend's ``loglik`` needs."""
+    if len(prompts) != len(targets):
+        raise ValueError(f"loglik: {len(prompts)} prompts but {len(targets)} targets")
+    if not prompts:
+        return [], []
+    p_ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+    t_ids = tokenizer(list(targets), add_special_tokens=False)["input_ids"]
+    for i, (p, t) in enumerate(zip(p_ids, t_ids)):
+        if not p:
+            raise ValueError(f"loglik: prompt {i} is empty; need at least one token of context")
+        if not t:
+            raise ValueError(f"loglik: target {i} is empty; nothing to score")
+    return p_ids, t_ids

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..prompts import PromptRenderer
+from . import loglik_token_ids
 
 __all__ = ["Backbone", "ALIASES", "cache_dir", "resolve_model"]
 
@@ -206,19 +207,9 @@ class Backbone:
                mean: bool = False) -> np.ndarray:
         """Sum (or, with ``mean``, per-token mean) of the log-probabilities of each target given its prompt.
 
-        One teacher-forced forward pass, no decoding. Prompt and target are tokenized separately and
-        concatenated, so the target's tokens are exactly those it would be scored on regardless of
-        merges across the boundary.
+        One teacher-forced forward pass, no decoding, over left-padded batches sorted by length.
         """
-        if len(prompts) != len(targets):
-            raise ValueError(f"loglik: {len(prompts)} prompts but {len(targets)} targets")
-        p_ids = self.tokenizer(list(prompts), add_special_tokens=self._add_special_tokens)["input_ids"] if prompts else []
-        t_ids = self.tokenizer(list(targets), add_special_tokens=False)["input_ids"] if targets else []
-        for i, (p, t) in enumerate(zip(p_ids, t_ids)):
-            if not p:
-                raise ValueError(f"loglik: prompt {i} is empty; need at least one token of context")
-            if not t:
-                raise ValueError(f"loglik: target {i} is empty; nothing to score")
+        p_ids, t_ids = loglik_token_ids(self.tokenizer, prompts, targets, self._add_special_tokens)
         scores = np.zeros(len(p_ids), dtype=np.float64)
         order = sorted(range(len(p_ids)), key=lambda i: len(p_ids[i]) + len(t_ids[i]))
         pad = self.tokenizer.pad_token_id

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from ..prompts import PromptRenderer
-from . import BackendError
+from . import BackendError, loglik_token_ids
 
 __all__ = ["OpenAIBackend", "split_target"]
 
@@ -203,13 +203,7 @@ class OpenAIBackend:
     def loglik(self, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 16,
                mean: bool = False) -> np.ndarray:
         """Sum (or per-token mean) log-probability of each target after its prompt, token ids sent as such."""
-        if len(prompts) != len(targets):
-            raise ValueError(f"loglik: {len(prompts)} prompts but {len(targets)} targets")
-        p_ids = self.tokenizer(list(prompts), add_special_tokens=self._add_special_tokens)["input_ids"] if prompts else []
-        t_ids = self.tokenizer(list(targets), add_special_tokens=False)["input_ids"] if targets else []
-        for i, (p, t) in enumerate(zip(p_ids, t_ids)):
-            if not p or not t:
-                raise ValueError(f"loglik: {'prompt' if not p else 'target'} {i} is empty")
+        p_ids, t_ids = loglik_token_ids(self.tokenizer, prompts, targets, self._add_special_tokens)
         if not p_ids:
             return np.zeros(0)
         if self._loglik_mode is None:

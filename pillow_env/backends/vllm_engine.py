@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..prompts import PromptRenderer
+from . import loglik_token_ids
 
 __all__ = ["VLLMBackend"]
 
@@ -95,15 +96,11 @@ class VLLMBackend:
 
     def loglik(self, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 16,
                mean: bool = False) -> np.ndarray:
-        if len(prompts) != len(targets):
-            raise ValueError(f"loglik: {len(prompts)} prompts but {len(targets)} targets")
         from vllm.inputs import TokensPrompt
 
-        p_ids = self.tokenizer(list(prompts), add_special_tokens=self._add_special_tokens)["input_ids"] if prompts else []
-        t_ids = self.tokenizer(list(targets), add_special_tokens=False)["input_ids"] if targets else []
-        for i, (p, t) in enumerate(zip(p_ids, t_ids)):
-            if not p or not t:
-                raise ValueError(f"loglik: {'prompt' if not p else 'target'} {i} is empty")
+        p_ids, t_ids = loglik_token_ids(self.tokenizer, prompts, targets, self._add_special_tokens)
+        if not p_ids:
+            return np.zeros(0)
         params = self.vllm.SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p + t) for p, t in zip(p_ids, t_ids)], params,
                                     lora_request=self._lora, use_tqdm=False)
