@@ -11,8 +11,7 @@ many epochs as validation allows.
    mean token log-likelihood after the prompt, one forward pass, no decoding) its kNN set and random
    other ``m``-sets of its ``candidates`` nearest pool entries (each set placed nearest-last in the
    prompt, as kNN does), as many as the budget allows (all of it goes to exploration), plus matching
-   episodes from earlier
-   trajectory logs (``logs``).
+   episodes from earlier trajectory logs (``logs``).
 2. Train the matching network, initialised to kNN, with a listwise loss: per query, the softmax of
    its sets' rewards / ``target_temperature`` is the target distribution over those sets, and the
    network's sequence log-probabilities of the sets, renormalised over the same sets, the prediction.
