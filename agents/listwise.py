@@ -134,27 +134,50 @@ class ListwiseAgent(Agent):
     def _similarity(self, env: PillowMatchEnv, query_index: int) -> np.ndarray:
         return embed_examples(env.encoder, env.pool, with_output=False) @ env.query_embeddings[query_index]
 
-    def _shortlist(self, env: PillowMatchEnv, query_index: int) -> np.ndarray:
+    def _shortlist(self, env: PillowMatchEnv, query_index: int, similarity: np.ndarray | None = None) -> np.ndarray:
         """The C nearest pool entries, nearest first (the env's shortlist order when it has one)."""
+        similarity = self._similarity(env, query_index) if similarity is None else similarity
         c = min(self.candidates, env.candidates or len(env.pool), len(env.pool))
-        return np.argsort(-self._similarity(env, query_index), kind="stable")[:c]
+        return np.argsort(-similarity, kind="stable")[:c]
 
-    def _prompt_order(self, env: PillowMatchEnv, query_index: int, picks) -> list[int]:
+    def _prompt_order(self, env: PillowMatchEnv, query_index: int, picks, similarity: np.ndarray | None = None
+                      ) -> list[int]:
         """A set in prompt order: nearest to the query last (so the prompt is a function of the set)."""
-        similarity = self._similarity(env, query_index)
+        similarity = self._similarity(env, query_index) if similarity is None else similarity
         return sorted((int(i) for i in picks), key=lambda i: (similarity[i], -i))
 
     def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
+        return self.select_many(env, [query_index])[0]
+
+    def select_many(self, env: PillowMatchEnv, query_indices: list[int]) -> list[list[int]]:
+        """The best-ranked set of each query's shortlist, all queries scored in batches."""
         self.prepare(env)
         assert self.net is not None
         self.net.eval()
-        shortlist = self._shortlist(env, query_index)
-        sets = [self._prompt_order(env, query_index, c) for c in itertools.combinations(shortlist, env.m)]
-        if len(sets) <= MAX_ENUMERATED_SETS:
-            batch = self._tensors(env, {query_index: {tuple(s): 0.0 for s in sets}}, keep_flat=True)
+        unique = list(dict.fromkeys(query_indices))
+        keys = embed_examples(env.encoder, env.pool, with_output=False)
+        similarity = {q: keys @ env.query_embeddings[q] for q in unique}  # exactly as kNN computes it
+        candidates = {q: [tuple(self._prompt_order(env, q, c, similarity[q])) for c in
+                          itertools.combinations(self._shortlist(env, q, similarity[q]), env.m)] for q in unique}
+        best: dict[int, list[int]] = {}
+        enumerable = [q for q, sets in candidates.items() if len(sets) <= MAX_ENUMERATED_SETS]
+        table = torch.as_tensor(env.pool_embeddings)
+        for lo in range(0, len(enumerable), 256):
+            chunk = enumerable[lo:lo + 256]
+            batch = self._tensors(env, {q: dict.fromkeys(candidates[q], 0.0) for q in chunk}, keep_flat=True)
             with torch.no_grad():
-                scores = self._sequence_logprob(batch, torch.as_tensor(env.pool_embeddings))[0]
-            return sets[int(scores[:len(sets)].argmax())]
+                scores = self._sequence_logprob(batch, table).masked_fill(~batch["valid"], float("-inf"))
+            for q, row in zip(chunk, scores.argmax(-1).tolist()):
+                best[q] = list(candidates[q][row])
+        for q in candidates:
+            if q not in best:
+                best[q] = self._greedy(env, q)
+        return [best[q] for q in query_indices]
+
+    def _greedy(self, env: PillowMatchEnv, query_index: int) -> list[int]:
+        """Step-by-step decoding, for shortlists with too many sets to rank them all."""
+        assert self.net is not None
+        shortlist = self._shortlist(env, query_index)
         allowed = np.zeros(len(env.pool), dtype=bool)
         allowed[shortlist] = True
 

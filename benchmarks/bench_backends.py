@@ -94,11 +94,12 @@ def main() -> None:
     base = rows[args.model]
     for spec, row in rows.items():
         row["ratio_to_in_process"] = row["episodes_per_second"] / base["episodes_per_second"]
-        row["identical_generations"] = sum(a == b for a, b in zip(row["generations"], base["generations"])) / len(
-            requests)
-        del row["generations"]
+        same = sum(a == b for a, b in zip(row["generations"], base["generations"]))
+        row["identical_generations"] = same / len(requests)
         print(f"{spec}: {row['ratio_to_in_process']:.2f}x in process, identical generations "
               f"{row['identical_generations']:.0%}")
+    for row in rows.values():
+        del row["generations"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"episodes": len(requests), "backends": rows, "platform": platform.platform(),
                                     "cpus": os.cpu_count()}, indent=2))

@@ -24,7 +24,7 @@ from agents.selector import Selector
 from pillow_env.engine import RewardEngine
 from pillow_env.encoder import load_encoder
 from pillow_env.env import PillowMatchEnv
-from pillow_env.resources import DEFAULT_MODEL, shared_backend
+from pillow_env.resources import DEFAULT_MODEL, forget_embeddings, shared_backend
 from pillow_env.rewards import PillowReward
 from pillow_env.suite import builtin_suite
 
@@ -58,6 +58,7 @@ def main() -> None:
             agent = make_agent(name)
             agent.prepare(PillowMatchEnv(pool, pool[:1], encoder=encoder))  # networks start at kNN; same cost
             folder = agent.save(Path(tmp) / name)
+            forget_embeddings()  # every agent embeds the new queries itself
             start = time.perf_counter()
             selector = Selector.load(folder, pool, model=args.model, encoder=encoder)
             load_seconds = time.perf_counter() - start

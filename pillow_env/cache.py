@@ -119,6 +119,9 @@ class LRUCache:
             self._data.move_to_end(key)
         return value
 
+    def clear(self) -> None:
+        self._data.clear()
+
     def put(self, key: str, value: Any) -> None:
         self._data[key] = value
         self._data.move_to_end(key)

@@ -58,6 +58,11 @@ def shared_engine(model: str = DEFAULT_MODEL, adapter: str | None = None, encode
 _EMBEDDINGS = LRUCache(maxsize=64)  # bounded: a selector streaming new queries must not grow it forever
 
 
+def forget_embeddings() -> None:
+    """Empty the embedding memo (benchmarks that time embedding from scratch)."""
+    _EMBEDDINGS.clear()
+
+
 def embed_examples(encoder: Encoder, examples: Sequence[Example], *, with_output: bool) -> np.ndarray:
     """Embeddings of examples (query side: instruction + input; pool side: plus the answer), memoised."""
     key = repr((getattr(encoder, "name", repr(encoder)), examples_fingerprint(examples), with_output))
