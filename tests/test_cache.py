@@ -193,7 +193,10 @@ def _read_only_case(top: Path) -> None:
         path.chmod(0o444)
         shared_dir.chmod(0o555)
     try:
-        run = subprocess.run([python, "-c", AS_OTHER_USER, str(ROOT / "pillow_env" / "cache.py"), str(path),
+        module = top / "cache.py"  # a copy the other user can read wherever the checkout lives
+        module.write_bytes((ROOT / "pillow_env" / "cache.py").read_bytes())
+        module.chmod(0o644)
+        run = subprocess.run([python, "-c", AS_OTHER_USER, str(module), str(path),
                               str(shared_dir / "new" / "cache.sqlite")], capture_output=True, text=True, user=user,
                              env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"}, cwd="/tmp", timeout=60)
     finally:
