@@ -132,6 +132,15 @@ class Agent(ABC):
         """Learners read their weights here (``trusted``: the folder may hold pickles)."""
 
 
+def summary_writer(logdir: str | Path | None):
+    """A TensorBoard writer for ``logdir`` (``None``: no logging)."""
+    if logdir is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(logdir))
+
+
 def greedy_rollout(env: PillowMatchEnv, query_index: int, scores_fn) -> list[int]:
     """Select ``m`` indices by repeatedly taking the best-scored valid action (no LLM call).
 

@@ -45,9 +45,8 @@ from pillow_env.resources import embed_examples
 from pillow_env.stats import paired_bootstrap
 from pillow_env.trajectories import read_trajectories
 
-from .base import Agent, Budget, greedy_rollout, unwrap
+from .base import Agent, Budget, greedy_rollout, summary_writer, unwrap
 from .matching import MatchingNetwork, load_network, save_network
-from .reinforce import _summary_writer
 
 __all__ = ["ListwiseAgent"]
 
@@ -272,7 +271,7 @@ class ListwiseAgent(Agent):
             for _ in range(best):
                 self._epoch(self.net, optimizer, everything, table)
         self.net.eval()
-        writer = _summary_writer(tensorboard)
+        writer = summary_writer(tensorboard)
         if writer is not None:
             for e, g in enumerate(mean_gain):
                 writer.add_scalar("listwise/validation_gain", g, e)

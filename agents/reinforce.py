@@ -14,7 +14,7 @@ from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples
 from pillow_env.vector import PillowMatchVectorEnv
 
-from .base import Agent, Budget, greedy_rollout, unwrap_vector
+from .base import Agent, Budget, greedy_rollout, summary_writer, unwrap_vector
 from .matching import MatchingNetwork, load_network, save_network
 
 __all__ = ["ReinforceAgent"]
@@ -38,6 +38,9 @@ class ReinforceAgent(Agent):
             from the gradient. With 1, the baseline is a moving average of batch returns.
         baseline_decay: decay of that moving average (``group_size == 1`` only).
         max_grad_norm: gradient clipping.
+        pretrain: share of the budget spent first on the off-policy ``listwise`` learner (its
+            likelihood-scored exploration and cross-validated epochs), whose network REINFORCE then
+            fine-tunes on the env's reward with the rest; 0 starts from kNN.
         seed: seeds the network init and the action sampling.
     """
 
@@ -46,9 +49,13 @@ class ReinforceAgent(Agent):
 
     def __init__(self, hidden: int = 256, temperature: float = 0.1, knn_init: bool = True, lr: float = 3e-4,
                  entropy_coef: float = 0.01, group_size: int = 4, baseline_decay: float = 0.9,
-                 max_grad_norm: float = 1.0, seed: int = 0, pool_fingerprint: str | None = None) -> None:
+                 max_grad_norm: float = 1.0, pretrain: float = 0.0, seed: int = 0,
+                 pool_fingerprint: str | None = None) -> None:
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
+        if not 0.0 <= pretrain < 1.0:
+            raise ValueError(f"pretrain must be in [0, 1), got {pretrain}")
+        self.pretrain = pretrain
         self.hidden, self.temperature, self.knn_init = hidden, temperature, knn_init
         self.lr, self.entropy_coef, self.baseline_decay = lr, entropy_coef, baseline_decay
         self.group_size = group_size
@@ -61,7 +68,8 @@ class ReinforceAgent(Agent):
         return {"hidden": self.hidden, "temperature": self.temperature, "knn_init": self.knn_init, "lr": self.lr,
                 "entropy_coef": self.entropy_coef, "group_size": self.group_size,
                 "baseline_decay": self.baseline_decay,
-                "max_grad_norm": self.max_grad_norm, "seed": self.seed, "pool_fingerprint": self.pool_fingerprint}
+                "max_grad_norm": self.max_grad_norm, "pretrain": self.pretrain, "seed": self.seed,
+                "pool_fingerprint": self.pool_fingerprint}
 
     def check_settings(self, *, num_envs: int) -> None:
         if num_envs % self.group_size:
@@ -87,12 +95,14 @@ class ReinforceAgent(Agent):
             raise ValueError("ReinforceAgent uses the episode return; use the default sparse reward (dense=False)")
         budget = budget or Budget(episodes=1000)
         self.check_settings(num_envs=venv.num_envs)
+        if self.pretrain and self.net is None:
+            budget = self._pretrain(venv, budget, progress)
         self.prepare(venv)
         assert self.net is not None
         net, engine, m = self.net.train(), venv.engine, venv.envs[0].m
         optimizer = torch.optim.Adam(net.parameters(), lr=self.lr)
         sampler = torch.Generator().manual_seed(self.seed)
-        writer = _summary_writer(tensorboard)
+        writer = summary_writer(tensorboard)
         start_generations, start_hits = engine.stats.llm_calls, engine.stats.cache_hits
         baseline: float | None = None
         episodes = generations = 0
@@ -154,6 +164,18 @@ class ReinforceAgent(Agent):
         net.eval()
         return {"episodes": episodes, "generations": generations, "history": self.history}
 
+    def _pretrain(self, venv: PillowMatchVectorEnv, budget: Budget, progress: bool) -> Budget:
+        """Spend ``pretrain`` of the budget on the listwise learner; return what is left for REINFORCE."""
+        from .listwise import ListwiseAgent
+
+        total = min(b for b in (budget.episodes, budget.generations) if b is not None)
+        share = int(total * self.pretrain)
+        listwise = ListwiseAgent(hidden=self.hidden, temperature=self.temperature, seed=self.seed)
+        listwise.fit(venv, Budget(generations=max(1, share)), progress=progress)
+        self.net, self.pool_fingerprint = listwise.net, listwise.pool_fingerprint
+        return Budget(episodes=None if budget.episodes is None else max(1, budget.episodes - share),
+                      generations=None if budget.generations is None else max(1, budget.generations - share))
+
     @torch.no_grad()
     def scores(self, obs: dict[str, Any]) -> np.ndarray:
         assert self.net is not None
@@ -170,10 +192,3 @@ class ReinforceAgent(Agent):
     def _load_weights(self, path: Path, trusted: bool = False) -> None:
         self.net, self.history = load_network(path, self.hidden, self.temperature, self.knn_init)
 
-
-def _summary_writer(logdir: str | Path | None):
-    if logdir is None:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(logdir))

@@ -210,6 +210,18 @@ def test_listwise_scores_by_likelihood_by_default_and_falls_back_where_it_cannot
     assert stub_engine.stats.requests == 40 and stub_engine.stats.loglik_passes == 0
 
 
+def test_reinforce_can_start_from_the_listwise_network_within_one_budget(engine, hash_encoder):
+    from agents import ReinforceAgent
+
+    venv = PillowMatchVectorEnv(4, pool=POOL, queries=TRAIN, engine=engine, encoder=hash_encoder)
+    agent = ReinforceAgent(pretrain=0.5, seed=0)
+    log = agent.fit(venv, Budget(episodes=64), progress=False)
+    assert engine.stats.loglik_passes == 32 and log["episodes"] >= 32  # half listwise, half REINFORCE
+    assert engine.stats.requests <= 32 + log["episodes"] <= 64 + 4
+    with pytest.raises(ValueError, match="pretrain must be in"):
+        ReinforceAgent(pretrain=1.0)
+
+
 # -- paired statistics ---------------------------------------------------------------------------
 
 def test_paired_bootstrap_interval():
