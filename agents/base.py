@@ -16,10 +16,11 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from pillow_env.data import examples_fingerprint
 from pillow_env.env import PillowMatchEnv
 from pillow_env.vector import PillowMatchVectorEnv
 
-__all__ = ["Agent", "Budget", "unwrap", "unwrap_vector"]
+__all__ = ["Agent", "Budget", "check_pool", "unwrap", "unwrap_vector"]
 
 CONFIG_NAME = "agent.json"
 
@@ -130,6 +131,16 @@ class Agent(ABC):
 
     def _load_weights(self, path: Path, trusted: bool = False) -> None:
         """Learners read their weights here (``trusted``: the folder may hold pickles)."""
+
+
+def check_pool(env: PillowMatchEnv | PillowMatchVectorEnv, trained_on: str | None) -> str:
+    """The fingerprint of ``env``'s pool; a ``ValueError`` if an agent trained on another pool meets it."""
+    single = env.envs[0] if isinstance(env, PillowMatchVectorEnv) else env
+    fingerprint = examples_fingerprint(single.pool)
+    if trained_on is not None and fingerprint != trained_on:
+        raise ValueError("this agent was trained on a different exemplar pool "
+                         f"(fingerprint {trained_on}, env has {fingerprint})")
+    return fingerprint
 
 
 def summary_writer(logdir: str | Path | None):

@@ -38,14 +38,13 @@ import torch
 from tqdm import tqdm
 
 from pillow_env.backends import BackendError
-from pillow_env.data import examples_fingerprint
 from pillow_env.engine import RewardEngine
 from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples
 from pillow_env.stats import paired_bootstrap
 from pillow_env.trajectories import read_trajectories
 
-from .base import Agent, Budget, greedy_rollout, summary_writer, unwrap
+from .base import Agent, Budget, check_pool, greedy_rollout, summary_writer, unwrap
 from .matching import MatchingNetwork, load_network, save_network
 
 __all__ = ["ListwiseAgent"]
@@ -120,15 +119,11 @@ class ListwiseAgent(Agent):
         return MatchingNetwork(keys, env.m, self.hidden, self.temperature, knn_init=True)
 
     def prepare(self, env) -> None:
-        single = env.envs[0] if hasattr(env, "envs") else env
-        fingerprint = examples_fingerprint(single.pool)
         if self.net is not None:
-            if fingerprint != self.pool_fingerprint:
-                raise ValueError("this agent was trained on a different exemplar pool "
-                                 f"(fingerprint {self.pool_fingerprint}, env has {fingerprint})")
+            check_pool(env, self.pool_fingerprint)
             return
-        self.net = self._new_network(single)
-        self.pool_fingerprint = fingerprint
+        self.pool_fingerprint = check_pool(env, None)
+        self.net = self._new_network(env.envs[0] if hasattr(env, "envs") else env)
 
     def _similarity(self, env: PillowMatchEnv, query_index: int) -> np.ndarray:
         return embed_examples(env.encoder, env.pool, with_output=False) @ env.query_embeddings[query_index]

@@ -9,12 +9,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pillow_env.data import examples_fingerprint
 from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples
 from pillow_env.vector import PillowMatchVectorEnv
 
-from .base import Agent, Budget, greedy_rollout, summary_writer, unwrap_vector
+from .base import Agent, Budget, check_pool, greedy_rollout, summary_writer, unwrap_vector
 from .matching import MatchingNetwork, load_network, save_network
 
 __all__ = ["ReinforceAgent"]
@@ -76,13 +75,11 @@ class ReinforceAgent(Agent):
             raise ValueError(f"reinforce: num_envs ({num_envs}) must be a multiple of group_size ({self.group_size})")
 
     def prepare(self, env: PillowMatchEnv | PillowMatchVectorEnv) -> None:
-        single = env.envs[0] if isinstance(env, PillowMatchVectorEnv) else env
-        fingerprint = examples_fingerprint(single.pool)
         if self.net is not None:
-            if fingerprint != self.pool_fingerprint:
-                raise ValueError("this agent was trained on a different exemplar pool "
-                                 f"(fingerprint {self.pool_fingerprint}, env has {fingerprint})")
+            check_pool(env, self.pool_fingerprint)
             return
+        single = env.envs[0] if isinstance(env, PillowMatchVectorEnv) else env
+        fingerprint = check_pool(env, None)
         torch.manual_seed(self.seed)
         keys = torch.as_tensor(embed_examples(single.encoder, single.pool, with_output=False))
         self.net = MatchingNetwork(keys, single.m, self.hidden, self.temperature, self.knn_init)

@@ -22,12 +22,11 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from torch import nn
 from tqdm import tqdm
 
-from pillow_env.data import examples_fingerprint
 from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples
 from pillow_env.vector import PillowMatchVectorEnv
 
-from .base import Agent, Budget, greedy_rollout, unwrap_vector
+from .base import Agent, Budget, check_pool, greedy_rollout, unwrap_vector
 
 __all__ = ["SB3VecEnv", "SB3Agent", "MatchingPolicy", "MaskableMatchingPolicy", "ALGORITHMS"]
 
@@ -238,13 +237,10 @@ class SB3Agent(Agent):
                 "pool_fingerprint": self.pool_fingerprint}
 
     def prepare(self, env) -> None:
-        single = env.envs[0] if hasattr(env, "envs") else env
-        fingerprint = examples_fingerprint(single.pool)
         if self.model is None:
-            self.pool_fingerprint = fingerprint
-        elif self.pool_fingerprint is not None and fingerprint != self.pool_fingerprint:
-            raise ValueError("this agent was trained on a different exemplar pool "
-                             f"(fingerprint {self.pool_fingerprint}, env has {fingerprint})")
+            self.pool_fingerprint = check_pool(env, None)
+        else:
+            check_pool(env, self.pool_fingerprint)
 
     def fit(self, env, budget: Budget | None = None, *, tensorboard: str | Path | None = None,
             progress: bool = True, **kwargs: Any) -> dict[str, Any]:
