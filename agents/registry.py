@@ -39,8 +39,9 @@ def make_agent(name: str, **kwargs: Any) -> Agent:
     return AGENTS[name](**kwargs)
 
 
-def make_seeded_agent(name: str, seed: int, **kwargs: Any) -> Agent:
-    """``make_agent(name, seed=seed, **kwargs)``, leaving out ``seed`` for agents that take none."""
+def make_seeded_agent(name: str, seed: int, /, **kwargs: Any) -> Agent:
+    """``make_agent(name, seed=seed, **kwargs)``, leaving out ``seed`` for agents that take none; a
+    ``seed`` in ``kwargs`` (e.g. from ``--agent-kwargs``) wins."""
     if name not in AGENTS:
         return make_agent(name)  # raises, listing the valid names
     target = getattr(AGENTS[name], "func", AGENTS[name])

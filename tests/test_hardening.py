@@ -145,3 +145,10 @@ def test_examples_accept_new_queries_without_answers(tmp_path):
     with pytest.raises(DataError, match="missing field 'output'"):
         load_examples(path)
     assert load_examples(path, require_output=False) == [Example("Reverse the word.", "fig", "")]
+
+
+def test_agent_kwargs_may_set_the_agent_seed():
+    from agents import make_seeded_agent
+
+    assert make_seeded_agent("listwise", 0, seed=3).seed == 3
+    assert make_seeded_agent("listwise", 5).seed == 5
