@@ -202,14 +202,14 @@ class ListwiseAgent(Agent):
         per_query = max(1, limit // n_queries)
         plan: list[tuple[int, list[int]]] = []
         for q in rng.permutation(n_queries).tolist():
-            shortlist = self._shortlist(single, q).tolist()
-            knn = self._prompt_order(single, q, shortlist[:m])
-            others = [self._prompt_order(single, q, c) for c in itertools.combinations(shortlist, m)]
+            similarity = self._similarity(single, q)  # once per query, not once per set
+            shortlist = self._shortlist(single, q, similarity).tolist()
+            knn = self._prompt_order(single, q, shortlist[:m], similarity)
+            others = [self._prompt_order(single, q, c, similarity) for c in itertools.combinations(shortlist, m)]
             others = [c for c in others if c != knn]
             if self.explore_temperature is None:
                 rng.shuffle(others)
             else:  # Gumbel top-k: sets drawn without replacement, the nearer ones more often
-                similarity = self._similarity(single, q)
                 keys = np.array([similarity[c].sum() for c in others]) / self.explore_temperature
                 others = [others[i] for i in np.argsort(-(keys + rng.gumbel(size=len(others))), kind="stable")]
             plan += [(q, knn)] + [(q, c) for c in others[:per_query - 1]]
