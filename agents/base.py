@@ -67,6 +67,8 @@ class Agent(ABC):
 
     name: ClassVar[str]
     learns: ClassVar[bool] = False
+    # False for agents whose episodes are scored in other processes (their fit log counts the LLM calls)
+    rollouts_in_process: ClassVar[bool] = True
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments, saved as JSON so :meth:`load` can rebuild the agent."""

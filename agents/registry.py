@@ -11,6 +11,7 @@ from .base import Agent
 from .baselines import BM25Agent, DPPAgent, KNNAgent, MMRAgent, RandomAgent, ZeroShotAgent
 from .listwise import ListwiseAgent
 from .reinforce import ReinforceAgent
+from .rllib_ppo import RLlibPPOAgent
 from .sb3 import ALGORITHMS, SB3Agent
 
 __all__ = ["AGENTS", "make_agent", "make_seeded_agent", "agent_names"]
@@ -24,6 +25,7 @@ AGENTS: dict[str, Callable[..., Agent]] = {
     "dpp": DPPAgent,
     "reinforce": ReinforceAgent,
     "listwise": ListwiseAgent,
+    "rllib_ppo": RLlibPPOAgent,
     **{algo: partial(SB3Agent, algo=algo) for algo in ALGORITHMS},
 }
 

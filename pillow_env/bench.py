@@ -157,6 +157,8 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
                             tensorboard=out / "tensorboard")
             agent.save(out / "agents" / name)
         train_generations = train_engine.stats.llm_calls - start_calls
+        if not agent.rollouts_in_process:  # scored by its own worker processes, which count their LLM calls
+            train_generations = int(log.get("generations", 0))
         evaluation = evaluate(agent, test_env, progress=progress)
         record = {
             **{k: evaluation.means.get(k, float("nan")) for k in METRICS},

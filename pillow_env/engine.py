@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from .cache import DiskCache, LRUCache
 from .data import Example
-from .rewards import RewardFn, check_finite, check_reward, reward_fingerprint
+from .rewards import PillowReward, RewardFn, check_finite, check_reward, reward_fingerprint
 from .trajectories import TrajectoryLog, example_key
 
 __all__ = ["Generator", "RewardEngine", "ScoredGeneration", "EngineStats", "SIGNALS"]
@@ -161,6 +161,31 @@ class RewardEngine:
     @property
     def fingerprint(self) -> str:
         return self._prefix.hex()[:16]
+
+    def config(self) -> dict[str, Any]:
+        """This engine's settings as ``PillowMatchEnv`` arguments, to rebuild it by name in another process.
+
+        Only for a backend loaded by name (:func:`~pillow_env.backends.load_backend` records it) and the
+        default ``PillowReward`` on a named encoder; anything else raises ``ValueError`` saying which.
+        """
+        source = getattr(self.generator, "source", None)
+        if source is None:
+            raise ValueError(f"engine: its backend {type(self.generator).__name__} was not loaded by name "
+                             "(load_backend / shared_backend), so another process cannot rebuild it")
+        reward = self.reward
+        defaults = {f.name: f.default for f in fields(PillowReward) if f.name in ("text_weight", "semantic_weight")}
+        encoder = getattr(reward, "encoder", None)
+        encoder = encoder if isinstance(encoder, str) else getattr(encoder, "name", None)
+        if not (isinstance(reward, PillowReward) and not reward.extra and isinstance(encoder, str)
+                and all(getattr(reward, k) == v for k, v in defaults.items())):
+            raise ValueError("engine: only the default PillowReward on a named encoder can be rebuilt by name "
+                             f"in another process, not {_name(reward)}")
+        if self.stop:
+            raise ValueError("engine: stop strings cannot be passed by name to another process")
+        return {"model": source[0], "adapter": source[1], "encoder": encoder,
+                "reward": "loglik" if self.signal == "loglik" else None,
+                "cache_path": None if self.cache_path is None else str(Path(self.cache_path).expanduser().resolve()),
+                "max_new_tokens": self.max_new_tokens}
 
     def with_signal(self, signal: Literal["generate", "loglik"]) -> RewardEngine:
         """This engine, or a sibling on the same LLM, cache file, log and stats that scores with ``signal``

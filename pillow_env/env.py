@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,7 +12,7 @@ import numpy as np
 from gymnasium import spaces
 
 from .cache import check_cache_path
-from .data import Example, load_examples
+from .data import Example, load_examples, parse_record
 from .encoder import Encoder, load_encoder
 from .engine import RewardEngine, ScoredGeneration
 from .prompts import user_text
@@ -24,7 +24,7 @@ from .suite import builtin_suite
 __all__ = ["PillowMatchEnv", "Request"]
 
 Request = tuple[list[Example], Example]
-ExampleSource = str | Path | Sequence[Example]
+ExampleSource = str | Path | Sequence[Example] | Sequence[Mapping[str, Any]]
 
 
 def _examples(source: ExampleSource, what: str, split: str, suite_seed: int) -> list[Example]:
@@ -37,9 +37,11 @@ def _examples(source: ExampleSource, what: str, split: str, suite_seed: int) -> 
         return getattr(suite, split)
     if isinstance(source, (str, Path)):
         return load_examples(source)
-    examples = list(source)
+    examples = [e if isinstance(e, Example) else parse_record(e, f"{what}[{i}]") if isinstance(e, Mapping) else e
+                for i, e in enumerate(source)]
     if not examples or not all(isinstance(e, Example) for e in examples):
-        raise TypeError(f"{what} must be 'builtin', a dataset path or a non-empty sequence of Example")
+        raise TypeError(f"{what} must be 'builtin', a dataset path or a non-empty sequence of Example "
+                        "(or of records: dicts with instruction/input/output)")
     return examples
 
 
@@ -105,7 +107,7 @@ class PillowMatchEnv(gym.Env):
 
     | argument | default | meaning |
     |---|---|---|
-    | ``pool`` | ``"builtin"`` | exemplar pool: ``"builtin"``, a dataset file, or a list of ``Example`` |
+    | ``pool`` | ``"builtin"`` | exemplar pool: ``"builtin"``, a dataset file, or a list of ``Example`` or of records (dicts) |
     | ``queries`` | ``"builtin"`` | queries, likewise (the built-in suite's ``split``) |
     | ``split`` | ``"train"`` | built-in split for ``queries``: ``"train"`` or ``"test"`` |
     | ``m`` | 2 | exemplars per episode |
@@ -147,6 +149,14 @@ class PillowMatchEnv(gym.Env):
         self.invalid_action, self.invalid_penalty = invalid_action, float(invalid_penalty)
         self.render_mode = render_mode
 
+        # What config() returns: the env's own arguments, plus the engine's when they were given by name.
+        self._config: dict[str, Any] = {
+            "m": m, "candidates": candidates, "threads": threads, "observation": observation,
+            "invalid_action": invalid_action, "invalid_penalty": invalid_penalty, "dense": dense}
+        self._engine_config: dict[str, Any] | None = None
+        if engine is None and (reward is None or isinstance(reward, str)) and isinstance(encoder, str):
+            self._engine_config = {"model": model, "adapter": adapter, "encoder": encoder, "reward": reward,
+                                   "cache_path": resolve_cache_path(cache_path), "max_new_tokens": max_new_tokens}
         self.encoder = load_encoder(encoder) if isinstance(encoder, str) else encoder
         if isinstance(reward, str) and reward not in ("pillow", "loglik"):
             raise ValueError(f"reward must be None, 'pillow', 'loglik' or a callable, got {reward!r}")
@@ -197,6 +207,22 @@ class PillowMatchEnv(gym.Env):
         if self._engine is None:
             self._engine = self._make_engine()
         return self._engine
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments as a plain, picklable dict (records, not objects): ``PillowMatchEnv(**config)``
+        rebuilds this env in another process (an RLlib env runner, say). An env given an ``engine``
+        takes its model and reward settings from :meth:`RewardEngine.config`, which raises ``ValueError``
+        for what cannot be named (a custom reward, a backend object). The trajectory log is left out, so
+        copies do not append to one file by accident."""
+        if self._engine_config is not None:
+            engine = self._engine_config
+        elif self._engine is not None:
+            engine = self._engine.config()
+        else:
+            raise ValueError("this env was built from a reward callable or an Encoder object, which another "
+                             "process cannot rebuild; pass model/reward/encoder by name")
+        return {"pool": [e.to_dict() for e in self.pool], "queries": [e.to_dict() for e in self.queries],
+                **self._config, **engine}
 
     def share_engine(self, other: PillowMatchEnv) -> None:
         """Use ``other``'s engine (and cache), built lazily when either first needs it."""

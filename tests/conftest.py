@@ -16,6 +16,14 @@ CORPUS = ["Reverse the letters of this word. apple elppa", "Write the word in ca
           "sort these words alphabetically: pear, apple, fig"] * 4
 
 
+def in_process_agents() -> list[str]:
+    """Registered agents that train in this process on any engine; ``rllib_ppo`` trains in Ray worker
+    processes that rebuild the env by name, so tests/test_rllib.py covers it."""
+    from agents import AGENTS
+
+    return [name for name in AGENTS if name != "rllib_ppo"]
+
+
 def make_tokenizer(chat: bool = True):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

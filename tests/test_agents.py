@@ -3,12 +3,14 @@ import json
 import numpy as np
 import pytest
 
-from agents import AGENTS, Agent, Budget, ReinforceAgent, SB3Agent, evaluate, make_agent
+from agents import Agent, Budget, ReinforceAgent, SB3Agent, evaluate, make_agent
 from pillow_env import Example, builtin_suite
 from pillow_env.engine import RewardEngine
 from pillow_env.env import PillowMatchEnv
 from pillow_env.rewards import PillowReward
 from pillow_env.vector import PillowMatchVectorEnv
+
+from .conftest import in_process_agents
 
 SUITE = builtin_suite(0)
 POOL, TRAIN, TEST = SUITE.pool[:10], SUITE.train[:16], SUITE.test[:8]
@@ -28,11 +30,11 @@ def single(engine, encoder, queries=TEST):
 
 
 def test_unknown_agent_lists_valid_names():
-    with pytest.raises(ValueError, match="valid agents: zero_shot, random, knn, bm25, mmr, dpp, reinforce, listwise, ppo"):
+    with pytest.raises(ValueError, match="valid agents: zero_shot, random, knn, bm25, mmr, dpp, reinforce, listwise, rllib_ppo, ppo"):
         make_agent("sac")
 
 
-@pytest.mark.parametrize("name", list(AGENTS))
+@pytest.mark.parametrize("name", in_process_agents())
 def test_every_agent_fits_selects_saves_and_loads(name, engine, hash_encoder, tmp_path):
     agent = make_agent(name)
     log = agent.fit(vec(engine, hash_encoder), Budget(episodes=16), progress=False)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from agents import AGENTS, Budget, DPPAgent, KNNAgent, ListwiseAgent, MMRAgent, make_agent
+from agents import Budget, DPPAgent, KNNAgent, ListwiseAgent, MMRAgent, make_agent
 from pillow_env import Example, builtin_suite
 from pillow_env.engine import RewardEngine
 from pillow_env.env import PillowMatchEnv
@@ -15,6 +15,7 @@ from pillow_env.stats import paired_bootstrap
 from pillow_env.trajectories import example_key, read_trajectories
 from pillow_env.vector import PillowMatchVectorEnv
 
+from .conftest import in_process_agents
 from .test_agents import StubGenerator, stub_reward
 
 SUITE = builtin_suite(0)
@@ -87,7 +88,7 @@ def test_candidates_restrict_the_action_mask(engine, hash_encoder):
         PillowMatchEnv(POOL, TEST, engine=engine, encoder=hash_encoder, candidates=1)
 
 
-@pytest.mark.parametrize("name", [n for n in AGENTS if n != "zero_shot"])
+@pytest.mark.parametrize("name", [n for n in in_process_agents() if n != "zero_shot"])
 def test_every_agent_honours_the_shortlist(name, engine, hash_encoder):
     agent = make_agent(name)
     if agent.learns:

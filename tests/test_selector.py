@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from agents import AGENTS, Agent, Budget, SB3Agent, make_agent
+from agents import Agent, Budget, SB3Agent, make_agent
 from agents.selector import Selector
 from pillow_env import DataError, Example, builtin_suite
 from pillow_env import resources
@@ -16,6 +16,8 @@ from pillow_env.env import PillowMatchEnv
 from pillow_env.prompts import PromptRenderer
 from pillow_env.rewards import PillowReward
 from pillow_env.vector import PillowMatchVectorEnv
+
+from .conftest import in_process_agents
 
 SUITE = builtin_suite(0)
 POOL, TRAIN = SUITE.pool[:10], SUITE.train[:16]
@@ -40,7 +42,7 @@ def saved_agents(tiny_backbone, hash_encoder, tmp_path):
     """Every registered agent, trained briefly on the tiny model and saved."""
     engine = RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), max_new_tokens=3)
     folders = {}
-    for name in AGENTS:
+    for name in in_process_agents():
         agent = make_agent(name)
         if agent.learns:
             venv = PillowMatchVectorEnv(4, pool=POOL, queries=TRAIN, engine=engine, encoder=hash_encoder)

@@ -2,14 +2,7 @@
 folder) started on 127.0.0.1, stopped by its pid. CI runs these."""
 
 import json
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,6 +10,7 @@ import pytest
 from agents import make_agent
 from pillow_env.backends import BackendError
 from pillow_env.backends.hf import resolve_model
+from pillow_env.backends.local_server import LocalServer, free_port
 from pillow_env.bench import BenchConfig, run_bench
 from pillow_env.encoder import load_encoder
 from pillow_env.engine import RewardEngine
@@ -30,47 +24,9 @@ pytestmark = pytest.mark.real
 SUITE = builtin_suite(0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``transformers serve FOLDER`` on a port; :meth:`stop` signals its pid and waits."""
-
-    def __init__(self, folder: str, port: int, log: Path) -> None:
-        exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
-        assert exe, "the transformers CLI is missing: pip install 'transformers[serving]'"
-        self.folder, self.port = folder, port
-        self.url = f"http://127.0.0.1:{port}/v1"
-        self.spec = f"openai:{self.url}#{folder}"
-        self.log = open(log, "ab")
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # leave a core to the test process on a 2-core machine
-        self.process = subprocess.Popen([exe, "serve", folder, "--host", "127.0.0.1", "--port", str(port),
-                                         "--device", "cpu", "--dtype", "float32"], stdout=self.log,
-                                        stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            assert self.process.poll() is None, f"server exited early; see {log}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(1)
-        self.stop()
-        raise AssertionError(f"server not healthy after 240 s; see {log}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, sig)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
+def Server(folder, port, log):
+    """The real server, one core for it so the test process keeps the other on a 2-core machine."""
+    return LocalServer(folder, port, log, threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,17 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def load_backend(spec: str, adapter: str | None = None, **kwargs: Any) -> Any:
-    """The backend a ``model`` string names (see the module table); ``adapter`` is a peft folder."""
+    """The backend a ``model`` string names (see the module table); ``adapter`` is a peft folder.
+
+    The backend remembers ``source = (spec, adapter)``, so an env on it can be rebuilt by name in
+    another process (``PillowMatchEnv.config()``).
+    """
+    backend = _load(spec, adapter, **kwargs)
+    backend.source = (spec, adapter)
+    return backend
+
+
+def _load(spec: str, adapter: str | None, **kwargs: Any) -> Any:
     kind, target = parse_spec(spec)
     if kind == "openai":
         from .openai_server import OpenAIBackend

@@ -1,0 +1,51 @@
+"""Ray RLlib glue (``pip install 'pillow-env[rllib]'``): ``register()`` then use ``ENV_NAME`` in any config.
+
+Every env runner builds ``PillowMatch-v0`` from a plain ``env_config`` in its own process
+(:func:`make_env`) and holds only the env: with an ``openai:`` model spec the runners share one
+(or several) serving backends and one WAL SQLite reward cache. :class:`MaskedPPOModule` masks
+invalid actions; :class:`PillowMetrics` reports per-runner, cache and LLM-call counts.
+
+    from pillow_env import rllib
+    rllib.register()
+    config = rllib.ppo_config(env_config, num_env_runners=2)
+    algo = config.build_algo()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .env import ENV_CONFIG_KEYS, ENV_NAME, MaskedObservation, flat_observation, make_env
+
+__all__ = ["ENV_NAME", "ENV_CONFIG_KEYS", "MaskedObservation", "flat_observation", "make_env", "register",
+           "ppo_config"]
+
+
+def register(name: str = ENV_NAME) -> str:
+    """``ray.tune.registry.register_env(name, make_env)``; returns the name."""
+    from ray.tune.registry import register_env
+
+    register_env(name, make_env)
+    return name
+
+
+def ppo_config(env_config: dict[str, Any], *, num_env_runners: int = 2, train_batch_size: int = 256,
+               minibatch_size: int = 64, num_epochs: int = 4, lr: float = 3e-4, entropy_coeff: float = 0.01,
+               hiddens: tuple[int, ...] = (256,), seed: int = 0):
+    """A ``PPOConfig`` for the registered env: masked module, metrics callback, undiscounted returns
+    (an episode is ``m`` steps and only the last one is rewarded), one CPU per env runner."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from .module import MaskedPPOModule, PillowMetrics
+
+    return (PPOConfig()
+            .environment(register(), env_config=env_config)
+            .env_runners(num_env_runners=num_env_runners, num_envs_per_env_runner=1,
+                         num_cpus_per_env_runner=1, rollout_fragment_length="auto")
+            .training(train_batch_size_per_learner=train_batch_size, minibatch_size=minibatch_size,
+                      num_epochs=num_epochs, lr=lr, entropy_coeff=entropy_coeff, gamma=1.0, lambda_=1.0)
+            .rl_module(rl_module_spec=RLModuleSpec(module_class=MaskedPPOModule, model_config={
+                "fcnet_hiddens": list(hiddens), "vf_share_layers": False}))
+            .callbacks(PillowMetrics)
+            .debugging(seed=seed, log_level="WARN"))

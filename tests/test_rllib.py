@@ -1,0 +1,175 @@
+"""Ray RLlib glue: env config round trip and wrapper (no Ray needed), then PPO on real Ray worker
+processes with the tiny model, then (real tier) 2 env runners sharing a real ``transformers serve``."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from agents import Agent, Budget, make_agent
+from pillow_env import builtin_suite
+from pillow_env.backends import load_backend
+from pillow_env.bench import BenchConfig, run_bench
+from pillow_env.engine import RewardEngine
+from pillow_env.env import PillowMatchEnv
+from pillow_env.rewards import PillowReward
+from pillow_env.rllib import ENV_CONFIG_KEYS, MaskedObservation, make_env
+
+SUITE = builtin_suite(0)
+POOL = [e.to_dict() for e in SUITE.pool[:12]]
+TRAIN = [e.to_dict() for e in SUITE.train[:10]]
+
+
+class Context(dict):
+    """What RLlib hands an env creator: the config plus the runner's indices."""
+
+    def __init__(self, config, worker_index, vector_index=0):
+        super().__init__(config)
+        self.worker_index, self.vector_index = worker_index, vector_index
+
+
+@pytest.fixture
+def named_env(tiny_model_dir, tmp_path):
+    return PillowMatchEnv(POOL, TRAIN, model=str(tiny_model_dir), encoder="minilm", candidates=4,
+                          cache_path=tmp_path / "cache.sqlite", max_new_tokens=3)
+
+
+def test_env_config_rebuilds_the_same_env_in_plain_data(named_env):
+    config = named_env.config()
+    assert json.loads(json.dumps(config)) == config  # plain data: picklable, loggable
+    copy = PillowMatchEnv(**config)
+    assert copy.pool == named_env.pool and copy.queries == named_env.queries
+    assert np.array_equal(copy.shortlists, named_env.shortlists)
+    a, _ = named_env.reset(options={"query_index": 3})
+    b, _ = copy.reset(options={"query_index": 3})
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_env_config_comes_from_a_named_engine_and_refuses_objects(tiny_backbone, tiny_model_dir, hash_encoder):
+    backend = load_backend(str(tiny_model_dir))
+    env = PillowMatchEnv(POOL, TRAIN, engine=RewardEngine(backend, PillowReward(encoder="minilm"), signal="loglik"),
+                         encoder=hash_encoder)
+    config = env.config()
+    assert config["model"] == str(tiny_model_dir) and config["reward"] == "loglik" and config["encoder"] == "minilm"
+    unnamed = PillowMatchEnv(POOL, TRAIN, engine=RewardEngine(tiny_backbone, PillowReward(encoder="minilm")),
+                             encoder=hash_encoder)
+    with pytest.raises(ValueError, match="was not loaded by name"):
+        unnamed.config()
+    weighted = PillowMatchEnv(POOL, TRAIN, encoder=hash_encoder,
+                              engine=RewardEngine(backend, PillowReward(text_weight=1.0, encoder="minilm")))
+    with pytest.raises(ValueError, match="only the default PillowReward"):
+        weighted.config()
+
+
+def test_env_creator_wraps_checks_and_names_the_runner_log(named_env, tmp_path):
+    config = {**named_env.config(), "trajectory_dir": str(tmp_path / "logs")}
+    env = make_env(Context(config, worker_index=2))
+    assert isinstance(env, MaskedObservation)
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert obs["action_mask"].sum() == 4  # the shortlist
+    valid = int(np.flatnonzero(obs["action_mask"])[0])
+    obs, *_ = env.step(valid)
+    assert obs["action_mask"][valid] == 0 and obs["action_mask"].sum() == 3
+    env.step(int(np.flatnonzero(obs["action_mask"])[0]))
+    assert (tmp_path / "logs" / "runner-2-0.jsonl").is_file()
+    with pytest.raises(ValueError, match="unknown key.*'modle'"):
+        make_env({**config, "modle": "x"})
+    assert set(named_env.config()) <= set(ENV_CONFIG_KEYS)
+
+
+# -- on Ray ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.rllib")
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_masked_module_puts_no_probability_on_invalid_actions(ray_local):
+    import torch
+    from gymnasium import spaces
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from pillow_env.rllib.module import MaskedPPOModule
+
+    space = spaces.Dict({"observations": spaces.Box(-1, 1, (6,), np.float32),
+                         "action_mask": spaces.Box(0, 1, (5,), np.float32)})
+    module = RLModuleSpec(module_class=MaskedPPOModule, observation_space=space, action_space=spaces.Discrete(5),
+                          model_config={"fcnet_hiddens": [8]}).build()
+    mask = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 1, 1]], dtype=torch.float32)
+    batch = {Columns.OBS: {"observations": torch.randn(2, 6), "action_mask": mask}}
+    for forward in (module.forward_exploration, module.forward_train):
+        probs = torch.softmax(forward(batch)[Columns.ACTION_DIST_INPUTS], -1)
+        assert torch.all(probs[mask == 0] == 0) and torch.allclose(probs.sum(-1), torch.ones(2))
+    assert module.compute_values(batch).shape == (2,)
+    with pytest.raises(ValueError, match="'observations' and 'action_mask'"):
+        RLModuleSpec(module_class=MaskedPPOModule, observation_space=space["observations"],
+                     action_space=spaces.Discrete(5)).build()
+
+
+def test_rllib_ppo_trains_on_two_runners_shares_the_cache_and_reloads(ray_local, named_env, tmp_path):
+    small = {"train_batch_size": 32, "minibatch_size": 16, "num_epochs": 1}
+    agent = make_agent("rllib_ppo", trajectory_dir=str(tmp_path / "logs"), **small)
+    log = agent.fit(named_env, Budget(episodes=48), progress=False)
+    assert log["episodes"] >= 16 and log["generations"] >= 1
+    assert set(log["episodes_per_runner"]) == {"episodes_runner_1", "episodes_runner_2"}
+    assert all(n > 0 for n in log["episodes_per_runner"].values())
+    logged = sorted(p.name for p in (tmp_path / "logs").glob("*.jsonl"))
+    assert logged == ["runner-1-0.jsonl", "runner-2-0.jsonl"]
+    # The same seed replays the same first episodes: a second agent finds them in the shared disk cache.
+    again = make_agent("rllib_ppo", **small).fit(named_env, Budget(episodes=16), progress=False)
+    assert again["cached"] > 0 and again["generations"] < again["episodes"]
+
+    test = PillowMatchEnv(POOL, [e.to_dict() for e in SUITE.test[:6]], model=str(named_env.config()["model"]),
+                          encoder="minilm", candidates=4)
+    picks = agent.select_many(test, list(range(6)))
+    assert all(set(p) <= set(test.shortlists[i].tolist()) and len(set(p)) == 2 for i, p in enumerate(picks))
+    agent.save(tmp_path / "agent")
+    assert Agent.load(tmp_path / "agent").select_many(test, list(range(6))) == picks  # no pickle involved
+    with pytest.raises(ValueError, match="more than the budget"):
+        make_agent("rllib_ppo").fit(named_env, Budget(episodes=8), progress=False)
+
+
+def test_bench_includes_rllib_ppo_with_its_runner_llm_calls(ray_local, tiny_model_dir, tmp_path):
+    kwargs = {"rllib_ppo": {"train_batch_size": 32, "minibatch_size": 16, "num_epochs": 1}}
+    results = run_bench(BenchConfig(agents=["knn", "rllib_ppo"], model=str(tiny_model_dir), out=str(tmp_path / "b"),
+                                    test_limit=4, episodes=32, max_new_tokens=3, agent_kwargs=kwargs),
+                        progress=False)
+    record = results["agents"]["rllib_ppo"]
+    assert record["episodes"] >= 16 and record["train_generations"] >= 1
+    assert "rllib_ppo" in results["paired"] and (tmp_path / "b" / "agents" / "rllib_ppo" / "agent.json").is_file()
+
+
+# -- real tier: two runners, one real server --------------------------------------------------------
+
+@pytest.mark.real
+def test_two_runners_share_a_real_server_and_its_cache(ray_local, tmp_path):
+    from pillow_env.backends.hf import resolve_model
+    from pillow_env.backends.local_server import LocalServer
+    from pillow_env.trajectories import read_trajectories
+
+    cache = tmp_path / "cache.sqlite"
+    with LocalServer(resolve_model("smollm2-135m-instruct"), log=tmp_path / "serve.log", threads=1) as server:
+        env = PillowMatchEnv(SUITE.pool, SUITE.train, model=server.spec, cache_path=cache, candidates=8)
+        small = {"train_batch_size": 32, "minibatch_size": 16, "num_epochs": 1, "model": server.spec}
+        agent = make_agent("rllib_ppo", trajectory_dir=str(tmp_path / "logs"), **small)
+        log = agent.fit(env, Budget(episodes=32), progress=False)
+        assert set(log["episodes_per_runner"]) == {"episodes_runner_1", "episodes_runner_2"}
+        assert all(n > 0 for n in log["episodes_per_runner"].values()) and log["generations"] > 0
+        # Every runner's rewards came from the server: its episodes carry the server engine's fingerprint.
+        server_fp = env.engine.fingerprint
+        for runner in ("runner-1-0.jsonl", "runner-2-0.jsonl"):
+            episodes = read_trajectories(tmp_path / "logs" / runner, env.pool, env.queries, fingerprint=server_fp)
+            assert episodes and all(-1 <= t.reward <= 1 for t in episodes)
+        assert "/v1/completions" in (tmp_path / "serve.log").read_text(errors="replace")
+        # A second run replays the first episodes (same seed) from the cache the runners share.
+        again = make_agent("rllib_ppo", **small).fit(env, Budget(episodes=16), progress=False)
+        assert again["cached"] > 0 and again["generations"] < again["episodes"]
