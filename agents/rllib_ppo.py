@@ -41,8 +41,9 @@ class RLlibPPOAgent(Agent):
     Args:
         num_env_runners: RLlib env runners (processes), one CPU each.
         model: the ``model`` string the runners use (e.g. ``openai:http://host:8000/v1#NAME``: all
-            runners share that server); ``None`` keeps the training env's own (an in-process model is
-            then loaded once per runner).
+            runners share that server), or a list of them (serving replicas, spread over the runners
+            round-robin); ``None`` keeps the training env's own (an in-process model is then loaded
+            once per runner).
         train_batch_size, minibatch_size, num_epochs, lr, entropy_coeff, hiddens: PPO settings
             (``train_batch_size`` counts env steps; an episode is ``m`` steps).
         num_cpus: CPUs for ``ray.init`` when this agent starts Ray (``None``: Ray's default); a running
@@ -58,7 +59,7 @@ class RLlibPPOAgent(Agent):
     learns = True
     rollouts_in_process = False
 
-    def __init__(self, num_env_runners: int = 2, model: str | None = None, train_batch_size: int = 256,
+    def __init__(self, num_env_runners: int = 2, model: str | list[str] | None = None, train_batch_size: int = 256,
                  minibatch_size: int = 64, num_epochs: int = 4, lr: float = 3e-4, entropy_coeff: float = 0.01,
                  hiddens: tuple[int, ...] | list[int] = (256,), num_cpus: int | None = None,
                  trajectory_dir: str | None = None, seed: int = 0, pool_fingerprint: str | None = None) -> None:
@@ -143,6 +144,7 @@ class RLlibPPOAgent(Agent):
                 point = {"episodes": episodes, "llm_calls": llm_calls,
                          "mean_reward": float(runners.get(EPISODE_RETURN_MEAN, float("nan"))),
                          "episodes_per_runner": {k: int(v) for k, v in pillow.items() if k.startswith("episodes_")},
+                         "peak_rss_mb": {k: float(v) for k, v in pillow.items() if k.startswith("peak_rss_mb_")},
                          "cached": int(pillow.get("cached", 0))}
                 self.history.append(point)
                 if writer is not None:
@@ -160,7 +162,7 @@ class RLlibPPOAgent(Agent):
         self._module = None
         last = self.history[-1] if self.history else {}
         return {"episodes": episodes, "generations": llm_calls, "cached": last.get("cached", 0),
-                "episodes_per_runner": last.get("episodes_per_runner", {}),
+                "episodes_per_runner": last.get("episodes_per_runner", {}), "peak_rss_mb": last.get("peak_rss_mb", {}),
                 "history": [{"episodes": p["episodes"], "reward": p["mean_reward"]} for p in self.history]}
 
     # -- selection -------------------------------------------------------------------------------

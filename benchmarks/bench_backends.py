@@ -15,42 +15,18 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from agents import make_agent
 from pillow_env.backends import load_backend
 from pillow_env.backends.hf import resolve_model
+from pillow_env.backends.local_server import LocalServer
 from pillow_env.encoder import load_encoder
 from pillow_env.engine import RewardEngine
 from pillow_env.env import PillowMatchEnv
 from pillow_env.rewards import PillowReward
 from pillow_env.suite import builtin_suite
-
-
-def start_server(folder: str, log: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or "transformers"
-    process = subprocess.Popen([exe, "serve", folder, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-                                "--dtype", "float32"], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    for _ in range(240):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return process, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            if process.poll() is not None:
-                break
-            time.sleep(1)
-    os.kill(process.pid, signal.SIGKILL)
-    raise RuntimeError(f"transformers serve did not become healthy; see {log}")
 
 
 def main() -> None:
@@ -66,10 +42,9 @@ def main() -> None:
     requests = [([suite.pool[i] for i in sel], env.queries[q]) for name in ("knn", "random")
                 for q, sel in zip(indices, make_agent(name).select_many(env, indices))]
 
-    folder = resolve_model(args.model)
-    process, url = start_server(folder, args.out.with_suffix(".server.log"))
+    server = LocalServer(resolve_model(args.model), log=args.out.with_suffix(".server.log"))
     try:
-        specs = [args.model, f"openai:{url}#{folder}"]
+        specs = [args.model, server.spec]
         try:
             import vllm  # noqa: F401
             import torch
@@ -89,8 +64,7 @@ def main() -> None:
                           "generations": [s.generation for s in scored]}
             print(f"{spec}: {len(requests)} episodes in {seconds:.1f} s = {len(requests) / seconds:.2f}/s")
     finally:
-        os.kill(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
+        server.stop()
     base = rows[args.model]
     for spec, row in rows.items():
         row["ratio_to_in_process"] = row["episodes_per_second"] / base["episodes_per_second"]

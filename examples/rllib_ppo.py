@@ -2,8 +2,9 @@
 
 Starts ``transformers serve`` on the converted SmolLM2 folder (or uses ``--server URL#MODEL``),
 trains RLlib PPO with 2 env runners (each runner process holds only the env and talks to the
-server; they share one SQLite reward cache), then evaluates the trained policy next to kNN on the
-held-out queries with the same code and table as every other agent (``pillow-env bench``).
+server; they share one SQLite reward cache; actions are masked to each query's 8 nearest pool
+entries), then evaluates the trained policy next to kNN on the held-out queries with the same
+code and table as every other agent (``pillow-env bench``).
 Needs ``pip install 'pillow-env[rllib,serving]'``; writes results under runs/rllib_ppo/.
 
     python examples/rllib_ppo.py --episodes 1000
@@ -20,7 +21,7 @@ from pillow_env.bench import BenchConfig, run_bench
 
 
 def main(episodes: int = 1000, runners: int = 2, out: str = "runs/rllib_ppo", server: str | None = None,
-         test_limit: int | None = None, train_batch_size: int = 256, seed: int = 0) -> dict:
+         test_limit: int | None = None, train_batch_size: int = 256, candidates: int = 8, seed: int = 0) -> dict:
     kwargs = {"num_env_runners": runners, "train_batch_size": train_batch_size,
               "minibatch_size": min(64, train_batch_size), "seed": seed}
     local = None
@@ -33,7 +34,8 @@ def main(episodes: int = 1000, runners: int = 2, out: str = "runs/rllib_ppo", se
         server = server if server.startswith("openai:") else f"openai:{server}"
     try:
         config = BenchConfig(agents=["knn", "rllib_ppo"], model=server, episodes=episodes, out=out,
-                             test_limit=test_limit, seed=seed, agent_kwargs={"rllib_ppo": kwargs})
+                             test_limit=test_limit, seed=seed, candidates=candidates,
+                             agent_kwargs={"rllib_ppo": kwargs})
         return run_bench(config)
     finally:
         if local is not None:
@@ -48,5 +50,6 @@ if __name__ == "__main__":
     parser.add_argument("--server", default=None, help="an existing server: URL#MODEL[#TOKENIZER] (default: start one)")
     parser.add_argument("--test-limit", type=int, default=None, help="first N test queries (default: all)")
     parser.add_argument("--train-batch-size", type=int, default=256, help="env steps per PPO iteration")
+    parser.add_argument("--candidates", type=int, default=8, help="shortlist: the C nearest pool entries")
     args = parser.parse_args()
-    main(args.episodes, args.runners, args.out, args.server, args.test_limit, args.train_batch_size)
+    main(args.episodes, args.runners, args.out, args.server, args.test_limit, args.train_batch_size, args.candidates)

@@ -76,6 +76,10 @@ def test_env_creator_wraps_checks_and_names_the_runner_log(named_env, tmp_path):
     assert obs["action_mask"][valid] == 0 and obs["action_mask"].sum() == 3
     env.step(int(np.flatnonzero(obs["action_mask"])[0]))
     assert (tmp_path / "logs" / "runner-2-0.jsonl").is_file()
+    replicas = ["openai:http://127.0.0.1:1/v1#a", "openai:http://127.0.0.1:2/v1#a"]
+    spread = [make_env(Context({**config, "model": replicas, "adapter": None}, worker_index=w)).unwrapped
+              for w in (1, 2, 3)]
+    assert [e.config()["model"] for e in spread] == [replicas[0], replicas[1], replicas[0]]
     with pytest.raises(ValueError, match="unknown key.*'modle'"):
         make_env({**config, "modle": "x"})
     assert set(named_env.config()) <= set(ENV_CONFIG_KEYS)
@@ -122,6 +126,8 @@ def test_rllib_ppo_trains_on_two_runners_shares_the_cache_and_reloads(ray_local,
     assert log["episodes"] >= 16 and log["generations"] >= 1
     assert set(log["episodes_per_runner"]) == {"episodes_runner_1", "episodes_runner_2"}
     assert all(n > 0 for n in log["episodes_per_runner"].values())
+    assert set(log["peak_rss_mb"]) == {"peak_rss_mb_runner_1", "peak_rss_mb_runner_2"}
+    assert all(mb > 50 for mb in log["peak_rss_mb"].values())  # a real process's resident memory, in MB
     logged = sorted(p.name for p in (tmp_path / "logs").glob("*.jsonl"))
     assert logged == ["runner-1-0.jsonl", "runner-2-0.jsonl"]
     # The same seed replays the same first episodes: a second agent finds them in the shared disk cache.
@@ -173,3 +179,18 @@ def test_two_runners_share_a_real_server_and_its_cache(ray_local, tmp_path):
         # A second run replays the first episodes (same seed) from the cache the runners share.
         again = make_agent("rllib_ppo", **small).fit(env, Budget(episodes=16), progress=False)
         assert again["cached"] > 0 and again["generations"] < again["episodes"]
+
+
+@pytest.mark.real
+def test_example_rllib_ppo_trains_and_evaluates_through_its_own_server(ray_local, tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "rllib_ppo.py"
+    spec = importlib.util.spec_from_file_location("rllib_ppo_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(episodes=32, runners=2, out=str(tmp_path / "run"), test_limit=4, train_batch_size=32)
+    assert list(results["agents"]) == ["knn", "rllib_ppo"] and results["settings"]["model"].startswith("openai:")
+    record = results["agents"]["rllib_ppo"]
+    assert record["episodes"] >= 16 and record["train_generations"] > 0 and len(record["per_query"]) == 4
+    assert "rllib_ppo" in results["paired"] and "/v1/completions" in (tmp_path / "run" / "server.log").read_text()

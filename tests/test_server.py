@@ -3,7 +3,6 @@ folder) started on 127.0.0.1, stopped by its pid. CI runs these."""
 
 import json
 import signal
-from pathlib import Path
 
 import pytest
 

@@ -64,7 +64,9 @@ def flat_observation(env: PillowMatchEnv, observation: Mapping[str, Any]) -> dic
 def make_env(env_config: Mapping[str, Any]) -> MaskedObservation:
     """RLlib's env creator: ``env_config`` holds ``PillowMatchEnv`` arguments (``PillowMatchEnv.config()``
     gives them for an existing env) and optionally ``trajectory_dir``: each runner then appends its
-    scored episodes to ``runner-<worker>-<vector>.jsonl`` there.
+    scored episodes to ``runner-<worker>-<vector>.jsonl`` there. ``model`` may be a list of model
+    strings, serving replicas of one model: env runner ``i`` (1-based) uses entry ``(i - 1) mod n``.
+    Replicas of the same weights share cache entries (the key names the served model, not the URL).
 
     The LLM is not loaded here: the env builds its engine at its first scored step, in the runner's own
     process. With an ``openai:`` model spec every runner talks to the same server(s) and holds no weights.
@@ -74,7 +76,12 @@ def make_env(env_config: Mapping[str, Any]) -> MaskedObservation:
         raise ValueError(f"env_config: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: "
                          f"{', '.join(ENV_CONFIG_KEYS)}")
     kwargs = {k: v for k, v in env_config.items() if k != "trajectory_dir"}
+    worker, vector = getattr(env_config, "worker_index", 0), getattr(env_config, "vector_index", 0)
+    model = kwargs.get("model")
+    if isinstance(model, (list, tuple)):  # serving replicas: runner i talks to replica (i - 1) mod n
+        if not model or not all(isinstance(m, str) for m in model):
+            raise ValueError(f"env_config['model']: a model string or a non-empty list of them, got {model!r}")
+        kwargs["model"] = model[max(worker - 1, 0) % len(model)]
     if env_config.get("trajectory_dir"):
-        worker, vector = getattr(env_config, "worker_index", 0), getattr(env_config, "vector_index", 0)
         kwargs["trajectory_log"] = Path(env_config["trajectory_dir"]) / f"runner-{worker}-{vector}.jsonl"
     return MaskedObservation(PillowMatchEnv(**kwargs))

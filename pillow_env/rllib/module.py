@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 from typing import Any
 
 import gymnasium as gym
@@ -59,7 +60,8 @@ class MaskedPPOModule(DefaultPPOTorchRLModule):
 
 class PillowMetrics(RLlibCallback):
     """Per finished episode, in the results under ``env_runners/pillow``: episodes per runner (by
-    worker index and pid), episodes answered from the cache, and episodes the LLM scored."""
+    worker index and pid), each runner's peak resident memory, episodes answered from the cache, and
+    episodes the LLM scored."""
 
     def on_episode_end(self, *, episode: Any, env_runner: Any = None, metrics_logger: Any = None,
                        **kwargs: Any) -> None:
@@ -69,6 +71,8 @@ class PillowMetrics(RLlibCallback):
         worker = getattr(env_runner, "worker_index", 0)
         metrics_logger.log_value(("pillow", f"episodes_runner_{worker}"), 1, reduce="lifetime_sum")
         metrics_logger.log_value(("pillow", "runner_pids", str(os.getpid())), 1, reduce="lifetime_sum")
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+        metrics_logger.log_value(("pillow", f"peak_rss_mb_runner_{worker}"), peak_mb, reduce="max")
         if "score" in info:  # a scored episode (not one truncated for invalid actions)
             metrics_logger.log_value(("pillow", "scored"), 1, reduce="lifetime_sum")
             metrics_logger.log_value(("pillow", "cached"), int(bool(info["cached"])), reduce="lifetime_sum")
