@@ -70,6 +70,9 @@ class ListwiseAgent(Agent):
         explore_temperature: ``None`` draws the explored sets uniformly from the shortlist; a number
             draws them in proportion to ``exp(sum of query cosines / explore_temperature)``, so sets
             near kNN's are explored more.
+        refine: the share of the budget kept for a second round: after training on the first, score for
+            each query the sets the network ranks highest among those not scored yet (its own
+            candidates, so its over-ratings get corrected), then train again. 0: one round.
         logs: trajectory logs (JSONL) whose episodes on the training queries are added to the data.
         seed: seeds the exploration, the folds and the network init.
 
@@ -82,6 +85,7 @@ class ListwiseAgent(Agent):
     def __init__(self, candidates: int = 8, epochs: int = 40, folds: int = 5, target_temperature: float = 0.05,
                  lr: float = 1e-3, weight_decay: float = 1e-2, batch_queries: int = 16, hidden: int = 256,
                  temperature: float = 0.1, signal: str = "loglik", explore_temperature: float | None = None,
+                 refine: float = 0.0,
                  logs: tuple[str, ...] | list[str] = (), seed: int = 0,
                  pool_fingerprint: str | None = None, chosen_epochs: int | None = None) -> None:
         if candidates < 1:
@@ -96,7 +100,10 @@ class ListwiseAgent(Agent):
         self.candidates, self.epochs, self.folds = candidates, epochs, folds
         self.target_temperature, self.lr, self.weight_decay = target_temperature, lr, weight_decay
         self.batch_queries, self.hidden, self.temperature = batch_queries, hidden, temperature
-        self.explore_temperature = explore_temperature
+        if not 0.0 <= refine < 1.0:
+            raise ValueError(f"ListwiseAgent: refine must be in [0, 1), got {refine}")
+        self.explore_temperature, self.refine = explore_temperature, refine
+        self._scorer: RewardEngine | None = None
         self.logs, self.seed = [str(p) for p in logs], seed
         self.pool_fingerprint, self.chosen_epochs = pool_fingerprint, chosen_epochs
         self.net: MatchingNetwork | None = None
@@ -106,7 +113,8 @@ class ListwiseAgent(Agent):
         return {"candidates": self.candidates, "epochs": self.epochs, "folds": self.folds,
                 "target_temperature": self.target_temperature, "lr": self.lr, "weight_decay": self.weight_decay,
                 "batch_queries": self.batch_queries, "hidden": self.hidden, "temperature": self.temperature,
-                "signal": self.signal, "explore_temperature": self.explore_temperature, "logs": self.logs,
+                "signal": self.signal, "explore_temperature": self.explore_temperature, "refine": self.refine,
+                "logs": self.logs,
                 "seed": self.seed,
                 "pool_fingerprint": self.pool_fingerprint,
                 "chosen_epochs": self.chosen_epochs}
@@ -195,10 +203,97 @@ class ListwiseAgent(Agent):
         budget = budget or Budget(generations=2000)
         limit = min(b for b in (budget.episodes, budget.generations) if b is not None)
         self.prepare(single)
-        engine, m, n_queries = single.engine, single.m, len(single.queries)
         rng = np.random.default_rng(self.seed)
+        self._scorer = self._scoring_engine(single.engine)
 
         # 1. Explore: the kNN set and random other sets of every query's shortlist, within the budget.
+        second = int(round(limit * self.refine))
+        data, explored = self._explore(single, limit - second, rng, progress)
+        # 2 + 3. Train with cross-validated epochs (below); with ``refine``, then score each query's
+        # best-ranked sets not scored yet (the network's own mistakes, corrected) and train again.
+        mean_gain = self._cross_validate_and_train(single, data, rng, progress)
+        if second:
+            plan = self._refine_plan(single, data, second, rng)
+            for (q, sel), reward in zip(plan, self._score(single, plan, progress)):
+                data[q][tuple(sel)] = reward
+            explored += len(plan)
+            mean_gain = self._cross_validate_and_train(single, data, rng, progress)
+        writer = summary_writer(tensorboard)
+        if writer is not None:
+            for e, g in enumerate(mean_gain):
+                writer.add_scalar("listwise/validation_gain", g, e)
+            writer.close()
+        scored = sum(len(v) for v in data.values())
+        best = self.chosen_epochs
+        return {"episodes": explored, "generations": explored, "scored_sets": scored, "chosen_epochs": best,
+                "validation_gain": self.history[best]["validation_gain"], "history": [], "epochs": self.history}
+
+    def _cross_validate_and_train(self, single: PillowMatchEnv, data: dict[int, dict[tuple[int, ...], float]],
+                                  rng: np.random.Generator, progress: bool) -> np.ndarray:
+        """Choose the epoch count by out-of-fold paired gain over the kNN set, then train ``self.net`` on all
+        queries for that many epochs from the kNN initialisation; returns the mean gain per epoch count."""
+        m = single.m
+        knn_sets = {q: tuple(self._prompt_order(single, q, self._shortlist(single, q)[:m])) for q in data}
+        usable = [q for q in data if knn_sets[q] in data[q] and len(data[q]) >= 2]
+        table = torch.as_tensor(single.pool_embeddings)
+        folds = np.array_split(rng.permutation(usable), min(self.folds, max(len(usable), 1)))
+        gains = np.zeros((self.epochs + 1, len(usable)))  # epoch 0 = kNN: gain 0 by construction
+        column = {q: i for i, q in enumerate(usable)}
+        for held_out in tqdm(folds, desc="listwise: cross-validate", unit="fold", disable=not progress):
+            held = set(held_out.tolist())
+            train = self._tensors(single, {q: data[q] for q in usable if q not in held})
+            valid = self._tensors(single, {q: data[q] for q in held_out.tolist()}, keep_flat=True)
+            net = self._new_network(single)
+            optimizer = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            for epoch in range(1, self.epochs + 1):
+                self._epoch(net, optimizer, train, table)
+                gains[epoch, [column[q] for q in valid["queries_index"]]] = self._gain(net, valid, table, knn_sets)
+        mean_gain = gains.mean(axis=1)
+        best = int(mean_gain.argmax())
+        self.chosen_epochs = best
+        self.history = [{"epochs": e, "validation_gain": paired_bootstrap(gains[e]) if usable else None}
+                        for e in range(self.epochs + 1)]
+        self.net = self._new_network(single)
+        if best and usable:
+            optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            everything = self._tensors(single, {q: data[q] for q in usable})
+            for _ in range(best):
+                self._epoch(self.net, optimizer, everything, table)
+        self.net.eval()
+        return mean_gain
+
+    def _refine_plan(self, single: PillowMatchEnv, data: dict[int, dict[tuple[int, ...], float]], limit: int,
+                     rng: np.random.Generator) -> list[tuple[int, list[int]]]:
+        """Per query, the sets the current network ranks highest among those not scored yet (``limit`` in all)."""
+        assert self.net is not None
+        queries = rng.permutation(len(single.queries)).tolist()
+        per_query = max(1, limit // len(queries))
+        table = torch.as_tensor(single.pool_embeddings)
+        plan: list[tuple[int, list[int]]] = []
+        for lo in range(0, len(queries), 64):
+            chunk = queries[lo:lo + 64]
+            candidates = {}
+            for q in chunk:
+                similarity = self._similarity(single, q)
+                sets = {tuple(self._prompt_order(single, q, c, similarity))
+                        for c in itertools.combinations(self._shortlist(single, q, similarity), single.m)}
+                candidates[q] = sorted(sets - set(data[q]))
+            chunk = [q for q in chunk if candidates[q]]
+            if not chunk:
+                continue
+            batch = self._tensors(single, {q: dict.fromkeys(candidates[q], 0.0) for q in chunk}, keep_flat=True)
+            with torch.no_grad():
+                scores = self._sequence_logprob(batch, table).masked_fill(~batch["valid"], float("-inf"))
+            for row, q in enumerate(chunk):
+                order = torch.argsort(scores[row], descending=True, stable=True).tolist()
+                plan += [(q, list(candidates[q][i])) for i in order[:min(per_query, len(candidates[q]))]]
+        return plan[:limit]
+
+    def _explore(self, single: PillowMatchEnv, limit: int, rng: np.random.Generator, progress: bool = True
+                 ) -> tuple[dict[int, dict[tuple[int, ...], float]], int]:
+        """Score the kNN set and random other sets of every query's shortlist (``limit`` sets in all), plus
+        matching episodes of ``logs``: per query, {set in prompt order: reward}; and how many sets were scored."""
+        m, n_queries = single.m, len(single.queries)
         per_query = max(1, limit // n_queries)
         plan: list[tuple[int, list[int]]] = []
         for q in rng.permutation(n_queries).tolist():
@@ -215,65 +310,31 @@ class ListwiseAgent(Agent):
             plan += [(q, knn)] + [(q, c) for c in others[:per_query - 1]]
         plan = plan[:limit]
         data: dict[int, dict[tuple[int, ...], float]] = {q: {} for q in range(n_queries)}
-        engine = self._scoring_engine(engine)
-        for lo in tqdm(range(0, len(plan), 64), desc="listwise: explore", unit="batch", disable=not progress):
-            chunk = plan[lo:lo + 64]
-            requests = [([single.pool[i] for i in sel], single.queries[q]) for q, sel in chunk]
-            try:
-                scored = engine.score(requests)
-            except (BackendError, ValueError) as err:
-                if lo or "cannot score likelihoods" not in str(err):
-                    raise
-                warnings.warn(f"listwise: {err}; training on the env's reward instead", stacklevel=2)
-                engine = single.engine
-                scored = engine.score(requests)
-            for (q, sel), s in zip(chunk, scored):
-                data[q][tuple(sel)] = s.reward
+        for (q, sel), reward in zip(plan, self._score(single, plan, progress)):
+            data[q][tuple(sel)] = reward
         for path in self.logs:
-            for t in read_trajectories(path, single.pool, single.queries, fingerprint=engine.fingerprint):
+            for t in read_trajectories(path, single.pool, single.queries, fingerprint=self._scorer.fingerprint):
                 shortlist = set(self._shortlist(single, t.query_index).tolist())
                 if (len(t.exemplars) == m and set(t.exemplars) <= shortlist
                         and list(t.exemplars) == self._prompt_order(single, t.query_index, t.exemplars)):
                     data[t.query_index].setdefault(tuple(t.exemplars), t.reward)
-        knn_sets = {q: tuple(self._prompt_order(single, q, self._shortlist(single, q)[:m])) for q in data}
-        usable = [q for q in data if knn_sets[q] in data[q] and len(data[q]) >= 2]
-        table = torch.as_tensor(single.pool_embeddings)
+        return data, len(plan)
 
-        # 2 + 3. Cross-validate the number of epochs: out-of-fold paired gain over the kNN set.
-        folds = np.array_split(rng.permutation(usable), min(self.folds, max(len(usable), 1)))
-        gains = np.zeros((self.epochs + 1, len(usable)))  # epoch 0 = kNN: gain 0 by construction
-        column = {q: i for i, q in enumerate(usable)}
-        for k, held_out in enumerate(tqdm(folds, desc="listwise: cross-validate", unit="fold", disable=not progress)):
-            held = set(held_out.tolist())
-            train = self._tensors(single, {q: data[q] for q in usable if q not in held})
-            valid = self._tensors(single, {q: data[q] for q in held_out.tolist()}, keep_flat=True)
-            net = self._new_network(single)
-            optimizer = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-            for epoch in range(1, self.epochs + 1):
-                self._epoch(net, optimizer, train, table)
-                gains[epoch, [column[q] for q in valid["queries_index"]]] = self._gain(net, valid, table, knn_sets)
-        mean_gain = gains.mean(axis=1)
-        best = int(mean_gain.argmax())
-        self.chosen_epochs = best
-        self.history = [{"epochs": e, "validation_gain": paired_bootstrap(gains[e]) if usable else None}
-                        for e in range(self.epochs + 1)]
-
-        # Final: all queries, the chosen number of epochs, from the kNN initialisation.
-        self.net = self._new_network(single)
-        if best and usable:
-            optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-            everything = self._tensors(single, {q: data[q] for q in usable})
-            for _ in range(best):
-                self._epoch(self.net, optimizer, everything, table)
-        self.net.eval()
-        writer = summary_writer(tensorboard)
-        if writer is not None:
-            for e, g in enumerate(mean_gain):
-                writer.add_scalar("listwise/validation_gain", g, e)
-            writer.close()
-        scored = sum(len(v) for v in data.values())
-        return {"episodes": len(plan), "generations": len(plan), "scored_sets": scored, "chosen_epochs": best,
-                "validation_gain": self.history[best]["validation_gain"], "history": [], "epochs": self.history}
+    def _score(self, single: PillowMatchEnv, plan: list[tuple[int, list[int]]], progress: bool) -> list[float]:
+        """Rewards of the planned (query, set) pairs, by the training signal (see ``signal``), in batches."""
+        rewards: list[float] = []
+        for lo in tqdm(range(0, len(plan), 64), desc="listwise: score", unit="batch", disable=not progress):
+            requests = [([single.pool[i] for i in sel], single.queries[q]) for q, sel in plan[lo:lo + 64]]
+            try:
+                scored = self._scorer.score(requests)
+            except (BackendError, ValueError) as err:
+                if rewards or "cannot score likelihoods" not in str(err) or self._scorer is single.engine:
+                    raise
+                warnings.warn(f"listwise: {err}; training on the env's reward instead", stacklevel=2)
+                self._scorer = single.engine
+                scored = self._scorer.score(requests)
+            rewards += [s.reward for s in scored]
+        return rewards
 
     def _scoring_engine(self, engine: RewardEngine) -> RewardEngine:
         if self.signal == "env":
