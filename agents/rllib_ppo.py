@@ -84,6 +84,9 @@ class RLlibPPOAgent(Agent):
                 "hiddens": list(self.hiddens), "num_cpus": self.num_cpus, "trajectory_dir": self.trajectory_dir,
                 "seed": self.seed, "pool_fingerprint": self.pool_fingerprint}
 
+    def check_settings(self, *, num_envs: int) -> None:
+        _import_ray()  # no Ray: say so before any model load
+
     def _ppo_config(self, env_config: dict[str, Any]):
         from pillow_env.rllib import ppo_config
 

@@ -85,6 +85,14 @@ def test_env_creator_wraps_checks_and_names_the_runner_log(named_env, tmp_path):
     assert set(named_env.config()) <= set(ENV_CONFIG_KEYS)
 
 
+def test_without_ray_the_agent_says_which_extra_before_any_work(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(ImportError, match=r"pip install 'pillow-env\[rllib\]'"):
+        make_agent("rllib_ppo").check_settings(num_envs=16)
+
+
 # -- on Ray ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
