@@ -1,10 +1,12 @@
 """Learning to beat retrieval: the likelihood signal, the shortlist, trajectory logs, MMR / DPP, the
 listwise agent and paired statistics (tiny model and stub LLM; fast tier)."""
 
+import itertools
 import json
 
 import numpy as np
 import pytest
+import torch
 
 from agents import Budget, DPPAgent, KNNAgent, ListwiseAgent, MMRAgent, make_agent
 from pillow_env import Example, builtin_suite
@@ -198,6 +200,28 @@ def test_listwise_trains_on_logged_episodes(hash_encoder, tmp_path):
     agent = ListwiseAgent(candidates=12, epochs=1, seed=0, logs=[str(log_path)], signal="env")
     log = agent.fit(venv, Budget(generations=60), progress=False)
     assert log["scored_sets"] > 60 and logged >= 250
+
+
+def test_listwise_refine_spends_its_share_on_the_networks_top_unscored_sets(hash_encoder):
+    pool, queries, best, engine = _stub_problem(hash_encoder)
+    venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
+    agent = ListwiseAgent(candidates=6, epochs=5, seed=0, signal="env", refine=0.5)
+    log = agent.fit(venv, Budget(generations=200), progress=False)
+    assert log["episodes"] == engine.stats.requests <= 200 and log["scored_sets"] == log["episodes"]
+    # The second round's plan: per query only sets not scored yet, best-ranked first.
+    env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
+    q = 0
+    sets = [tuple(agent._prompt_order(env, q, c)) for c in itertools.combinations(agent._shortlist(env, q), 2)]
+    scored = {s: 0.0 for s in sets[:-3]}
+    plan = agent._refine_plan(env, {q: scored} | {i: {} for i in range(1, len(queries))}, 60,
+                              np.random.default_rng(0))
+    mine = [tuple(sel) for i, sel in plan if i == q]
+    assert set(mine) == set(sets[-3:])
+    batch = agent._tensors(env, {q: dict.fromkeys(mine, 0.0)}, keep_flat=True)
+    ranks = agent._sequence_logprob(batch, torch.as_tensor(env.pool_embeddings))[0].tolist()
+    assert ranks == sorted(ranks, reverse=True)
+    with pytest.raises(ValueError, match="refine must be in"):
+        ListwiseAgent(refine=1.0)
 
 
 def test_listwise_scores_by_likelihood_by_default_and_falls_back_where_it_cannot(engine, hash_encoder):

@@ -1,0 +1,93 @@
+"""Compare listwise-agent variants without touching the test split.
+
+The built-in suite's training queries are split in half (seeded): each variant trains on half A
+with a proportional budget (default 1,000 LLM calls for 119 queries, the same per-query budget as
+2,000 for all 238), and is judged on half B, where *every* set of each query's shortlist has been
+scored by the likelihood signal, so whatever a variant picks can be looked up without another LLM
+call. Reported per variant and seed: the mean likelihood reward of its picks on B minus the kNN
+set's, with a 95% paired bootstrap interval; then the seed average, paired against the first
+variant's; the per-query oracle shows the room. Use this to
+choose defaults; the test split is for the final `pillow-env bench` only.
+
+Usage: ``python benchmarks/bench_listwise_validation.py --variants '[{}, {"refine": 0.4}]' --seeds 0,1``
+(``--cache runs/cache.sqlite`` to reuse scored sets); writes ``benchmarks/results/listwise-validation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from agents import Budget, ListwiseAgent
+from pillow_env import builtin_suite
+from pillow_env.env import PillowMatchEnv
+from pillow_env.stats import paired_bootstrap
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="[{}]", help="JSON list of ListwiseAgent keyword arguments")
+    parser.add_argument("--seeds", default="0,1", help="agent seeds, comma-separated")
+    parser.add_argument("--budget", type=int, default=1000, help="LLM calls for training on half A")
+    parser.add_argument("--split-seed", type=int, default=123)
+    parser.add_argument("--cache", default=None, help="SQLite reward cache")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "listwise-validation.json")
+    args = parser.parse_args()
+    variants = json.loads(args.variants)
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    suite = builtin_suite(0)
+    order = np.random.default_rng(args.split_seed).permutation(len(suite.train))
+    half = len(order) // 2
+    env_a = PillowMatchEnv(suite.pool, [suite.train[i] for i in order[:half]], cache_path=args.cache)
+    env_b = PillowMatchEnv(suite.pool, [suite.train[i] for i in order[half:]], cache_path=args.cache)
+
+    # Half B: every shortlist set of every query, by the likelihood signal.
+    probe = ListwiseAgent()
+    probe.prepare(env_b)
+    scorer = env_b.engine.with_signal("loglik")
+    tables, knn = [], []
+    for q in range(len(env_b.queries)):
+        similarity = probe._similarity(env_b, q)
+        shortlist = probe._shortlist(env_b, q, similarity)
+        sets = [tuple(probe._prompt_order(env_b, q, c, similarity)) for c in itertools.combinations(shortlist, env_b.m)]
+        rewards = [s.reward for s in scorer.score([([env_b.pool[i] for i in s], env_b.queries[q]) for s in sets])]
+        tables.append(dict(zip(sets, rewards)))
+        knn.append(tuple(probe._prompt_order(env_b, q, shortlist[:env_b.m], similarity)))
+    knn_reward = np.array([t[k] for t, k in zip(tables, knn)])
+    oracle = paired_bootstrap(np.array([max(t.values()) for t in tables]) - knn_reward)
+    print(f"half B: {len(tables)} queries, all sets scored ({scorer.stats.loglik_passes} new passes); "
+          f"oracle vs kNN {oracle['mean']:+.4f}")
+
+    rows, first = [], None
+    for variant in variants:
+        per_seed = []
+        for seed in seeds:
+            agent = ListwiseAgent(**{"seed": seed, **variant})
+            log = agent.fit(env_a, Budget(generations=args.budget), progress=False)
+            picks = agent.select_many(env_b, list(range(len(tables))))
+            gains = np.array([tables[q][tuple(p)] for q, p in enumerate(picks)]) - knn_reward
+            per_seed.append(gains)
+            result = paired_bootstrap(gains)
+            rows.append({"variant": variant, "seed": seed, "gain_vs_knn": result, "scored": log["episodes"],
+                         "chosen_epochs": log["chosen_epochs"]})
+            print(f"{json.dumps(variant)} seed {seed}: {result['mean']:+.4f} [{result['low']:+.4f}, "
+                  f"{result['high']:+.4f}] ({log['episodes']} sets scored on A, {log['chosen_epochs']} epochs)")
+        averaged = np.mean(per_seed, axis=0)
+        mean = paired_bootstrap(averaged)
+        first = averaged if first is None else first
+        versus = paired_bootstrap(averaged - first)  # paired against the first variant, same queries
+        rows.append({"variant": variant, "seed": "mean", "gain_vs_knn": mean, "vs_first_variant": versus})
+        print(f"{json.dumps(variant)} mean over seeds: {mean['mean']:+.4f} [{mean['low']:+.4f}, {mean['high']:+.4f}]"
+              f"; vs {json.dumps(variants[0])}: {versus['mean']:+.4f} [{versus['low']:+.4f}, {versus['high']:+.4f}]")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"budget": args.budget, "split_seed": args.split_seed, "queries_a": half,
+                                    "queries_b": len(tables), "oracle_vs_knn": oracle, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
