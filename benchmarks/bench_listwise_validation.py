@@ -28,9 +28,23 @@ from pillow_env.env import PillowMatchEnv
 from pillow_env.stats import paired_bootstrap
 
 
+def _agent_class(spec: str | None):
+    """``ListwiseAgent``, or ``"path/to/file.py:Class"`` (a subclass under trial) from the variant's ``cls``."""
+    if spec is None:
+        return ListwiseAgent
+    import importlib.util
+
+    path, name = spec.rsplit(":", 1)
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="[{}]", help="JSON list of ListwiseAgent keyword arguments")
+    parser.add_argument("--variants", default="[{}]", help="JSON list of ListwiseAgent keyword arguments (a "
+                        "'cls': 'file.py:Class' entry trains a subclass under trial instead)")
     parser.add_argument("--seeds", default="0,1", help="agent seeds, comma-separated")
     parser.add_argument("--budget", type=int, default=1000, help="LLM calls for training on half A")
     parser.add_argument("--split-seed", type=int, default=123)
@@ -67,7 +81,8 @@ def main() -> None:
     for variant in variants:
         per_seed = []
         for seed in seeds:
-            agent = ListwiseAgent(**{"seed": seed, **variant})
+            kwargs = {"seed": seed, **variant}
+            agent = _agent_class(kwargs.pop("cls", None))(**kwargs)
             log = agent.fit(env_a, Budget(generations=args.budget), progress=False)
             picks = agent.select_many(env_b, list(range(len(tables))))
             gains = np.array([tables[q][tuple(p)] for q, p in enumerate(picks)]) - knn_reward
