@@ -73,6 +73,9 @@ class ListwiseAgent(Agent):
         refine: the share of the budget kept for a second round: after training on the first, score for
             each query the sets the network ranks highest among those not scored yet (its own
             candidates, so its over-ratings get corrected), then train again. 0: one round.
+        margin: selection keeps kNN's set unless the network's best set beats it by at least this
+            much in set log-probability (0: always the best-ranked set); a guard against departures
+            from kNN that the network is unsure of. Applies where all sets are ranked.
         logs: trajectory logs (JSONL) whose episodes on the training queries are added to the data.
         seed: seeds the exploration, the folds and the network init.
 
@@ -85,7 +88,7 @@ class ListwiseAgent(Agent):
     def __init__(self, candidates: int = 8, epochs: int = 40, folds: int = 5, target_temperature: float = 0.05,
                  lr: float = 1e-3, weight_decay: float = 1e-2, batch_queries: int = 16, hidden: int = 256,
                  temperature: float = 0.1, signal: str = "loglik", explore_temperature: float | None = None,
-                 refine: float = 0.0,
+                 refine: float = 0.0, margin: float = 0.0,
                  logs: tuple[str, ...] | list[str] = (), seed: int = 0,
                  pool_fingerprint: str | None = None, chosen_epochs: int | None = None) -> None:
         if candidates < 1:
@@ -102,7 +105,9 @@ class ListwiseAgent(Agent):
         self.batch_queries, self.hidden, self.temperature = batch_queries, hidden, temperature
         if not 0.0 <= refine < 1.0:
             raise ValueError(f"ListwiseAgent: refine must be in [0, 1), got {refine}")
-        self.explore_temperature, self.refine = explore_temperature, refine
+        if not margin >= 0:
+            raise ValueError(f"ListwiseAgent: margin must be >= 0, got {margin}")
+        self.explore_temperature, self.refine, self.margin = explore_temperature, refine, margin
         self._scorer: RewardEngine | None = None
         self.logs, self.seed = [str(p) for p in logs], seed
         self.pool_fingerprint, self.chosen_epochs = pool_fingerprint, chosen_epochs
@@ -114,7 +119,7 @@ class ListwiseAgent(Agent):
                 "target_temperature": self.target_temperature, "lr": self.lr, "weight_decay": self.weight_decay,
                 "batch_queries": self.batch_queries, "hidden": self.hidden, "temperature": self.temperature,
                 "signal": self.signal, "explore_temperature": self.explore_temperature, "refine": self.refine,
-                "logs": self.logs,
+                "margin": self.margin, "logs": self.logs,
                 "seed": self.seed,
                 "pool_fingerprint": self.pool_fingerprint,
                 "chosen_epochs": self.chosen_epochs}
@@ -169,7 +174,11 @@ class ListwiseAgent(Agent):
             batch = self._tensors(env, {q: dict.fromkeys(candidates[q], 0.0) for q in chunk}, keep_flat=True)
             with torch.no_grad():
                 scores = self._sequence_logprob(batch, table).masked_fill(~batch["valid"], float("-inf"))
-            for q, row in zip(chunk, scores.argmax(-1).tolist()):
+            top = scores.max(-1).values
+            for i, (q, row) in enumerate(zip(chunk, scores.argmax(-1).tolist())):
+                # candidates[q][0] is kNN's set (the two nearest); keep it unless beaten by the margin
+                if float(top[i] - scores[i, 0]) < self.margin:
+                    row = 0
                 best[q] = list(candidates[q][row])
         for q in candidates:
             if q not in best:

@@ -6,7 +6,8 @@ with a proportional budget (default 1,000 LLM calls for 119 queries, the same pe
 scored by the likelihood signal, so whatever a variant picks can be looked up without another LLM
 call. Reported per variant and seed: the mean likelihood reward of its picks on B minus the kNN
 set's, with a 95% paired bootstrap interval; then the seed average, paired against the first
-variant's; the per-query oracle shows the room. Use this to
+variant's (at the first margin); the per-query oracle shows the room. ``--margins`` evaluates
+several selection margins (``ListwiseAgent.margin``) on each trained agent. Use this to
 choose defaults; the test split is for the final `pillow-env bench` only.
 
 Usage: ``python benchmarks/bench_listwise_validation.py --variants '[{}, {"refine": 0.4}]' --seeds 0,1``
@@ -47,12 +48,14 @@ def main() -> None:
                         "'cls': 'file.py:Class' entry trains a subclass under trial instead)")
     parser.add_argument("--seeds", default="0,1", help="agent seeds, comma-separated")
     parser.add_argument("--budget", type=int, default=1000, help="LLM calls for training on half A")
+    parser.add_argument("--margins", default="0", help="selection margins to evaluate on each trained agent")
     parser.add_argument("--split-seed", type=int, default=123)
     parser.add_argument("--cache", default=None, help="SQLite reward cache")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "listwise-validation.json")
     args = parser.parse_args()
     variants = json.loads(args.variants)
     seeds = [int(s) for s in args.seeds.split(",")]
+    margins = [float(m) for m in args.margins.split(",")]
 
     suite = builtin_suite(0)
     order = np.random.default_rng(args.split_seed).permutation(len(suite.train))
@@ -79,26 +82,33 @@ def main() -> None:
 
     rows, first = [], None
     for variant in variants:
-        per_seed = []
+        per_margin: dict[float, list[np.ndarray]] = {margin: [] for margin in margins}
         for seed in seeds:
             kwargs = {"seed": seed, **variant}
             agent = _agent_class(kwargs.pop("cls", None))(**kwargs)
             log = agent.fit(env_a, Budget(generations=args.budget), progress=False)
-            picks = agent.select_many(env_b, list(range(len(tables))))
-            gains = np.array([tables[q][tuple(p)] for q, p in enumerate(picks)]) - knn_reward
-            per_seed.append(gains)
-            result = paired_bootstrap(gains)
-            rows.append({"variant": variant, "seed": seed, "gain_vs_knn": result, "scored": log["episodes"],
-                         "chosen_epochs": log["chosen_epochs"]})
-            print(f"{json.dumps(variant)} seed {seed}: {result['mean']:+.4f} [{result['low']:+.4f}, "
-                  f"{result['high']:+.4f}] ({log['episodes']} sets scored on A, {log['chosen_epochs']} epochs)")
-        averaged = np.mean(per_seed, axis=0)
-        mean = paired_bootstrap(averaged)
-        first = averaged if first is None else first
-        versus = paired_bootstrap(averaged - first)  # paired against the first variant, same queries
-        rows.append({"variant": variant, "seed": "mean", "gain_vs_knn": mean, "vs_first_variant": versus})
-        print(f"{json.dumps(variant)} mean over seeds: {mean['mean']:+.4f} [{mean['low']:+.4f}, {mean['high']:+.4f}]"
-              f"; vs {json.dumps(variants[0])}: {versus['mean']:+.4f} [{versus['low']:+.4f}, {versus['high']:+.4f}]")
+            for margin in margins:  # a selection-time setting: one trained agent serves every margin
+                agent.margin = margin
+                picks = agent.select_many(env_b, list(range(len(tables))))
+                gains = np.array([tables[q][tuple(p)] for q, p in enumerate(picks)]) - knn_reward
+                per_margin[margin].append(gains)
+                result = paired_bootstrap(gains)
+                rows.append({"variant": variant, "margin": margin, "seed": seed, "gain_vs_knn": result,
+                             "changed": int(sum(tuple(p) != k for p, k in zip(picks, knn))),
+                             "scored": log["episodes"], "chosen_epochs": log["chosen_epochs"]})
+                print(f"{json.dumps(variant)} margin {margin} seed {seed}: {result['mean']:+.4f} "
+                      f"[{result['low']:+.4f}, {result['high']:+.4f}] ({rows[-1]['changed']} picks differ from "
+                      f"kNN; {log['episodes']} sets scored on A, {log['chosen_epochs']} epochs)")
+        for margin, gains in per_margin.items():
+            averaged = np.mean(gains, axis=0)
+            mean = paired_bootstrap(averaged)
+            first = averaged if first is None else first
+            versus = paired_bootstrap(averaged - first)  # paired against the first variant and margin
+            rows.append({"variant": variant, "margin": margin, "seed": "mean", "gain_vs_knn": mean,
+                         "vs_first": versus})
+            print(f"{json.dumps(variant)} margin {margin} mean over seeds: {mean['mean']:+.4f} [{mean['low']:+.4f}, "
+                  f"{mean['high']:+.4f}]; vs the first: {versus['mean']:+.4f} [{versus['low']:+.4f}, "
+                  f"{versus['high']:+.4f}]")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"budget": args.budget, "split_seed": args.split_seed, "queries_a": half,
                                     "queries_b": len(tables), "oracle_vs_knn": oracle, "rows": rows}, indent=2))

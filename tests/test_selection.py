@@ -177,6 +177,11 @@ def test_listwise_learns_the_best_pairs_off_policy_and_beats_knn(hash_encoder, t
     agent.save(tmp_path / "lw")
     loaded = make_agent("knn").load(tmp_path / "lw")
     assert loaded.name == "listwise" and loaded.select_many(env, list(range(6))) == agent.select_many(env, range(6))
+    everything = list(range(len(queries)))
+    agent.margin = 1e9  # no departure from kNN is sure enough
+    assert agent.select_many(env, everything) == KNNAgent().select_many(env, everything)
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        ListwiseAgent(margin=-1)
 
 
 def test_listwise_falls_back_to_knn_when_learning_does_not_help(hash_encoder):
