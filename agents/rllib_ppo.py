@@ -113,14 +113,6 @@ class RLlibPPOAgent(Agent):
         if self.trajectory_dir is not None:
             env_config["trajectory_dir"] = str(Path(self.trajectory_dir).resolve())
 
-        started = not ray.is_initialized()
-        if started:
-            ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
-        algo = self._ppo_config(env_config).build_algo()
-        if self.state is not None:  # continue from loaded weights
-            algo.get_module().set_state(self.state)
-            algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group)
-        writer = summary_writer(tensorboard)
         per_iteration = self.train_batch_size // single.m
 
         def affordable(episodes: int, calls: int) -> bool:  # another iteration stays within the budget
@@ -131,6 +123,20 @@ class RLlibPPOAgent(Agent):
             raise ValueError(f"rllib_ppo: one PPO iteration samples ~{per_iteration} episodes "
                              f"(train_batch_size={self.train_batch_size} steps / m={single.m}), more than the "
                              f"budget {budget}; lower train_batch_size")
+
+        started = not ray.is_initialized()
+        if started:
+            ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
+        try:
+            algo = self._ppo_config(env_config).build_algo()
+        except BaseException:
+            if started:
+                ray.shutdown()
+            raise
+        if self.state is not None:  # continue from loaded weights
+            algo.get_module().set_state(self.state)
+            algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group)
+        writer = summary_writer(tensorboard)
         episodes = llm_calls = 0
         self.history = []
         bar = tqdm(total=budget.episodes or budget.generations, desc="rllib_ppo", unit="episode",
