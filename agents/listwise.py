@@ -155,6 +155,19 @@ class ListwiseAgent(Agent):
         similarity = self._similarity(env, query_index) if similarity is None else similarity
         return sorted((int(i) for i in picks), key=lambda i: (similarity[i], -i))
 
+    def _sets(self, env: PillowMatchEnv, query_index: int, similarity: np.ndarray | None = None
+              ) -> list[tuple[int, ...]]:
+        """Every ``m``-set of the query's shortlist, in prompt order; the first is kNN's (the ``m`` nearest)."""
+        similarity = self._similarity(env, query_index) if similarity is None else similarity
+        return [tuple(self._prompt_order(env, query_index, c, similarity))
+                for c in itertools.combinations(self._shortlist(env, query_index, similarity), env.m)]
+
+    def _knn_and_usable(self, single: PillowMatchEnv, data: dict[int, dict[tuple[int, ...], float]]
+                        ) -> tuple[dict[int, tuple[int, ...]], list[int]]:
+        """Each query's kNN set, and the queries with it and at least one other set scored (trainable)."""
+        knn_sets = {q: tuple(self._prompt_order(single, q, self._shortlist(single, q)[:single.m])) for q in data}
+        return knn_sets, [q for q in data if knn_sets[q] in data[q] and len(data[q]) >= 2]
+
     def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
         return self.select_many(env, [query_index])[0]
 
@@ -166,8 +179,7 @@ class ListwiseAgent(Agent):
         unique = list(dict.fromkeys(query_indices))
         keys = embed_examples(env.encoder, env.pool, with_output=False)
         similarity = {q: keys @ env.query_embeddings[q] for q in unique}  # exactly as kNN computes it
-        candidates = {q: [tuple(self._prompt_order(env, q, c, similarity[q])) for c in
-                          itertools.combinations(self._shortlist(env, q, similarity[q]), env.m)] for q in unique}
+        candidates = {q: self._sets(env, q, similarity[q]) for q in unique}
         best: dict[int, list[int]] = {}
         enumerable = [q for q, sets in candidates.items() if len(sets) <= MAX_ENUMERATED_SETS]
         table = torch.as_tensor(env.pool_embeddings)
@@ -243,9 +255,7 @@ class ListwiseAgent(Agent):
                                   rng: np.random.Generator, progress: bool) -> np.ndarray:
         """Choose the epoch count by out-of-fold paired gain over the kNN set, then train ``self.net`` on all
         queries for that many epochs from the kNN initialisation; returns the mean gain per epoch count."""
-        m = single.m
-        knn_sets = {q: tuple(self._prompt_order(single, q, self._shortlist(single, q)[:m])) for q in data}
-        usable = [q for q in data if knn_sets[q] in data[q] and len(data[q]) >= 2]
+        knn_sets, usable = self._knn_and_usable(single, data)
         table = torch.as_tensor(single.pool_embeddings)
         folds = np.array_split(rng.permutation(usable), min(self.folds, max(len(usable), 1)))
         gains = np.zeros((self.epochs + 1, len(usable)))  # epoch 0 = kNN: gain 0 by construction
@@ -285,10 +295,7 @@ class ListwiseAgent(Agent):
             chunk = queries[lo:lo + 64]
             candidates = {}
             for q in chunk:
-                similarity = self._similarity(single, q)
-                sets = {tuple(self._prompt_order(single, q, c, similarity))
-                        for c in itertools.combinations(self._shortlist(single, q, similarity), single.m)}
-                candidates[q] = sorted(sets - set(data[q]))
+                candidates[q] = sorted(set(self._sets(single, q)) - set(data[q]))
             chunk = [q for q in chunk if candidates[q]]
             if not chunk:
                 continue
@@ -309,10 +316,7 @@ class ListwiseAgent(Agent):
         plan: list[tuple[int, list[int]]] = []
         for q in rng.permutation(n_queries).tolist():
             similarity = self._similarity(single, q)  # once per query, not once per set
-            shortlist = self._shortlist(single, q, similarity).tolist()
-            knn = self._prompt_order(single, q, shortlist[:m], similarity)
-            others = [self._prompt_order(single, q, c, similarity) for c in itertools.combinations(shortlist, m)]
-            others = [c for c in others if c != knn]
+            knn, *others = [list(c) for c in self._sets(single, q, similarity)]
             if self.explore_temperature is None:
                 rng.shuffle(others)
             else:  # Gumbel top-k: sets drawn without replacement, the nearer ones more often

@@ -29,10 +29,10 @@ WEIGHTS_NAME = "rllib_module.safetensors"
 def _import_ray():
     try:
         import ray
-        from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+        import ray.rllib  # noqa: F401
     except ImportError as err:
         raise ImportError(f"the rllib_ppo agent needs Ray RLlib: pip install 'pillow-env[rllib]' ({err})") from None
-    return ray, RLModuleSpec
+    return ray
 
 
 class RLlibPPOAgent(Agent):
@@ -100,7 +100,7 @@ class RLlibPPOAgent(Agent):
             progress: bool = True, **kwargs: Any) -> dict[str, Any]:
         from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, NUM_EPISODES_LIFETIME
 
-        ray, _ = _import_ray()
+        ray = _import_ray()
         base = unwrap(env)
         single: PillowMatchEnv = base.envs[0] if hasattr(base, "envs") else base
         if single.observation != "embedding":
@@ -184,14 +184,11 @@ class RLlibPPOAgent(Agent):
         if self.state is None:
             raise ValueError("rllib_ppo: fit or load the agent before selecting")
         if self._module is None:
-            _, RLModuleSpec = _import_ray()
-            from pillow_env.rllib import MaskedObservation
-            from pillow_env.rllib.module import MaskedPPOModule
+            _import_ray()
+            from pillow_env.rllib import MaskedObservation, module_spec
 
             space = MaskedObservation(env).observation_space
-            spec = RLModuleSpec(module_class=MaskedPPOModule, observation_space=space, action_space=env.action_space,
-                                model_config={"fcnet_hiddens": list(self.hiddens), "vf_share_layers": False})
-            module = spec.build()
+            module = module_spec(self.hiddens, space, env.action_space).build()
             module.set_state(self.state)
             self._module = module.eval()
         return self._module

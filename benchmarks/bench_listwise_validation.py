@@ -17,7 +17,6 @@ Usage: ``python benchmarks/bench_listwise_validation.py --variants '[{}, {"refin
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 from pathlib import Path
 
@@ -69,12 +68,10 @@ def main() -> None:
     scorer = env_b.engine.with_signal("loglik")
     tables, knn = [], []
     for q in range(len(env_b.queries)):
-        similarity = probe._similarity(env_b, q)
-        shortlist = probe._shortlist(env_b, q, similarity)
-        sets = [tuple(probe._prompt_order(env_b, q, c, similarity)) for c in itertools.combinations(shortlist, env_b.m)]
+        sets = probe._sets(env_b, q)  # kNN's first
         rewards = [s.reward for s in scorer.score([([env_b.pool[i] for i in s], env_b.queries[q]) for s in sets])]
         tables.append(dict(zip(sets, rewards)))
-        knn.append(tuple(probe._prompt_order(env_b, q, shortlist[:env_b.m], similarity)))
+        knn.append(sets[0])
     knn_reward = np.array([t[k] for t, k in zip(tables, knn)])
     oracle = paired_bootstrap(np.array([max(t.values()) for t in tables]) - knn_reward)
     print(f"half B: {len(tables)} queries, all sets scored ({scorer.stats.loglik_passes} new passes); "

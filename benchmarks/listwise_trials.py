@@ -30,8 +30,7 @@ class EnsembleListwise(ListwiseAgent):
                                   progress: bool) -> np.ndarray:
         self.nets = []
         mean_gain = super()._cross_validate_and_train(single, data, rng, progress)
-        knn_sets = {q: tuple(self._prompt_order(single, q, self._shortlist(single, q)[:single.m])) for q in data}
-        usable = [q for q in data if knn_sets[q] in data[q] and len(data[q]) >= 2]
+        _, usable = self._knn_and_usable(single, data)
         table = torch.as_tensor(single.pool_embeddings)
         everything = self._tensors(single, {q: data[q] for q in usable})
         nets, seed = [self.net], self.seed

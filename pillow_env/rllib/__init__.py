@@ -18,7 +18,7 @@ from typing import Any
 from .env import ENV_CONFIG_KEYS, ENV_NAME, MaskedObservation, flat_observation, make_env
 
 __all__ = ["ENV_NAME", "ENV_CONFIG_KEYS", "MaskedObservation", "flat_observation", "make_env", "register",
-           "ppo_config"]
+           "module_spec", "ppo_config"]
 
 
 def register(name: str = ENV_NAME) -> str:
@@ -29,15 +29,25 @@ def register(name: str = ENV_NAME) -> str:
     return name
 
 
+def module_spec(hiddens: tuple[int, ...] = (256,), observation_space=None, action_space=None):
+    """The ``RLModuleSpec`` of :class:`MaskedPPOModule` (training, and rebuilding a saved policy)."""
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from .module import MaskedPPOModule
+
+    return RLModuleSpec(module_class=MaskedPPOModule, observation_space=observation_space,
+                        action_space=action_space,
+                        model_config={"fcnet_hiddens": list(hiddens), "vf_share_layers": False})
+
+
 def ppo_config(env_config: dict[str, Any], *, num_env_runners: int = 2, train_batch_size: int = 256,
                minibatch_size: int = 64, num_epochs: int = 4, lr: float = 3e-4, entropy_coeff: float = 0.01,
                hiddens: tuple[int, ...] = (256,), seed: int = 0):
     """A ``PPOConfig`` for the registered env: masked module, metrics callback, undiscounted returns
     (an episode is ``m`` steps and only the last one is rewarded), one CPU per env runner."""
     from ray.rllib.algorithms.ppo import PPOConfig
-    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-    from .module import MaskedPPOModule, PillowMetrics
+    from .module import PillowMetrics
 
     return (PPOConfig()
             .environment(register(), env_config=env_config)
@@ -45,7 +55,6 @@ def ppo_config(env_config: dict[str, Any], *, num_env_runners: int = 2, train_ba
                          num_cpus_per_env_runner=1, rollout_fragment_length="auto")
             .training(train_batch_size_per_learner=train_batch_size, minibatch_size=minibatch_size,
                       num_epochs=num_epochs, lr=lr, entropy_coeff=entropy_coeff, gamma=1.0, lambda_=1.0)
-            .rl_module(rl_module_spec=RLModuleSpec(module_class=MaskedPPOModule, model_config={
-                "fcnet_hiddens": list(hiddens), "vf_share_layers": False}))
+            .rl_module(rl_module_spec=module_spec(hiddens))
             .callbacks(PillowMetrics)
             .debugging(seed=seed, log_level="WARN"))
