@@ -8,10 +8,11 @@ many epochs as validation allows.
 ``fit``:
 
 1. Explore: for every training query, score (by default with the likelihood signal: the reference's
-   mean token log-likelihood after the prompt, one forward pass, no decoding) its kNN set and random
-   other ``m``-sets of its ``candidates`` nearest pool entries (each set placed nearest-last in the
-   prompt, as kNN does), as many as the budget allows (all of it goes to exploration), plus matching
-   episodes from earlier trajectory logs (``logs``).
+   mean token log-likelihood after the prompt, one forward pass, no decoding) its kNN set and other
+   ``m``-sets of its ``candidates`` nearest pool entries (each set placed nearest-last in the prompt,
+   as kNN does), drawn at random (or by a balanced design, ``balanced``), as many as the budget
+   allows (all of it goes to exploration), plus matching episodes from earlier trajectory logs
+   (``logs``).
 2. Train the matching network, initialised to kNN, with a listwise loss: per query, the softmax of
    its sets' rewards / ``target_temperature`` is the target distribution over those sets, and the
    network's sequence log-probabilities of the sets, renormalised over the same sets, the prediction.
@@ -29,6 +30,7 @@ decoding when there are too many sets) and places the set nearest-last.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 import warnings
 from pathlib import Path
 from typing import Any
@@ -67,9 +69,14 @@ class ListwiseAgent(Agent):
             env's LLM, whatever the env's own reward (its cost is 0.42 of a generation here, and the
             set it ranks best is far better than kNN's: see the README's headroom figures); a backend
             that cannot score falls back to the env's reward with a warning. ``"env"`` uses the env's reward.
-        explore_temperature: ``None`` draws the explored sets uniformly from the shortlist; a number
-            draws them in proportion to ``exp(sum of query cosines / explore_temperature)``, so sets
-            near kNN's are explored more.
+        balanced: explore by a balanced design: each next set of a query is one whose members have
+            been scored least often for it, so every shortlist entry is seen about equally often
+            (random sets leave some unseen). Off by default: on held-out training queries it gained
+            +0.047 over kNN against +0.043 for random sets (8 seeds, better in 6), but on the two test
+            splits of the built-in suite it did worse (README), so no reliable difference.
+        explore_temperature: the order in which sets are drawn (and, when ``balanced``, how ties are
+            broken): ``None`` uniform; a number in proportion to ``exp(sum of query cosines /
+            explore_temperature)``, so sets near kNN's come first.
         refine: the share of the budget kept for a second round: after training on the first, score for
             each query the sets the network ranks highest among those not scored yet (its own
             candidates, so its over-ratings get corrected), then train again. 0: one round.
@@ -89,8 +96,8 @@ class ListwiseAgent(Agent):
 
     def __init__(self, candidates: int = 8, epochs: int = 40, folds: int = 5, target_temperature: float = 0.05,
                  lr: float = 1e-3, weight_decay: float = 1e-2, batch_queries: int = 16, hidden: int = 256,
-                 temperature: float = 0.1, signal: str = "loglik", explore_temperature: float | None = None,
-                 refine: float = 0.0, margin: float = 0.5,
+                 temperature: float = 0.1, signal: str = "loglik", balanced: bool = False,
+                 explore_temperature: float | None = None, refine: float = 0.0, margin: float = 0.5,
                  logs: tuple[str, ...] | list[str] = (), seed: int = 0,
                  pool_fingerprint: str | None = None, chosen_epochs: int | None = None) -> None:
         if candidates < 1:
@@ -109,7 +116,8 @@ class ListwiseAgent(Agent):
             raise ValueError(f"ListwiseAgent: refine must be in [0, 1), got {refine}")
         if not margin >= 0:
             raise ValueError(f"ListwiseAgent: margin must be >= 0, got {margin}")
-        self.explore_temperature, self.refine, self.margin = explore_temperature, refine, margin
+        self.balanced, self.explore_temperature = balanced, explore_temperature
+        self.refine, self.margin = refine, margin
         self._scorer: RewardEngine | None = None
         self.logs, self.seed = [str(p) for p in logs], seed
         self.pool_fingerprint, self.chosen_epochs = pool_fingerprint, chosen_epochs
@@ -120,11 +128,9 @@ class ListwiseAgent(Agent):
         return {"candidates": self.candidates, "epochs": self.epochs, "folds": self.folds,
                 "target_temperature": self.target_temperature, "lr": self.lr, "weight_decay": self.weight_decay,
                 "batch_queries": self.batch_queries, "hidden": self.hidden, "temperature": self.temperature,
-                "signal": self.signal, "explore_temperature": self.explore_temperature, "refine": self.refine,
-                "margin": self.margin, "logs": self.logs,
-                "seed": self.seed,
-                "pool_fingerprint": self.pool_fingerprint,
-                "chosen_epochs": self.chosen_epochs}
+                "signal": self.signal, "balanced": self.balanced, "explore_temperature": self.explore_temperature,
+                "refine": self.refine, "margin": self.margin, "logs": self.logs, "seed": self.seed,
+                "pool_fingerprint": self.pool_fingerprint, "chosen_epochs": self.chosen_epochs}
 
     # -- shared with selection -------------------------------------------------------------------
 
@@ -309,7 +315,7 @@ class ListwiseAgent(Agent):
 
     def _explore(self, single: PillowMatchEnv, limit: int, rng: np.random.Generator, progress: bool = True
                  ) -> tuple[dict[int, dict[tuple[int, ...], float]], int]:
-        """Score the kNN set and random other sets of every query's shortlist (``limit`` sets in all), plus
+        """Score the kNN set and other sets of every query's shortlist (``limit`` sets in all), plus
         matching episodes of ``logs``: per query, {set in prompt order: reward}; and how many sets were scored."""
         m, n_queries = single.m, len(single.queries)
         per_query = max(1, limit // n_queries)
@@ -322,7 +328,8 @@ class ListwiseAgent(Agent):
             else:  # Gumbel top-k: sets drawn without replacement, the nearer ones more often
                 keys = np.array([similarity[c].sum() for c in others]) / self.explore_temperature
                 others = [others[i] for i in np.argsort(-(keys + rng.gumbel(size=len(others))), kind="stable")]
-            plan += [(q, knn)] + [(q, c) for c in others[:per_query - 1]]
+            others = self._spread(knn, others, per_query - 1) if self.balanced else others[:per_query - 1]
+            plan += [(q, knn)] + [(q, c) for c in others]
         plan = plan[:limit]
         data: dict[int, dict[tuple[int, ...], float]] = {q: {} for q in range(n_queries)}
         for (q, sel), reward in zip(plan, self._score(single, plan, progress)):
@@ -334,6 +341,27 @@ class ListwiseAgent(Agent):
                         and list(t.exemplars) == self._prompt_order(single, t.query_index, t.exemplars)):
                     data[t.query_index].setdefault(tuple(t.exemplars), t.reward)
         return data, len(plan)
+
+    @staticmethod
+    def _spread(first: list[int], others: list[list[int]], n: int) -> list[list[int]]:
+        """``n`` of ``others`` in a balanced design: each next set is the one whose members were scored
+        least often so far (``first`` included; ties go to the set earlier in ``others``). That greedy
+        walk can corner itself (the last entries left to cover already share a set), so it is run from
+        each rotation of ``others`` until the counts differ by at most one, keeping the most even."""
+        best: tuple[int, list[list[int]]] | None = None
+        for start in range(max(len(others), 1)):
+            rest, picked = others[start:] + others[:start], []
+            counts = Counter(dict.fromkeys((x for s in others for x in s), 0))  # every entry, seen or not
+            counts.update(first)
+            while rest and len(picked) < n:
+                picked.append(rest.pop(min(range(len(rest)), key=lambda i: sum(counts[x] for x in rest[i]))))
+                counts.update(picked[-1])
+            spread = max(counts.values()) - min(counts.values())
+            if best is None or spread < best[0]:
+                best = (spread, picked)
+            if spread <= 1:
+                break
+        return best[1]
 
     def _score(self, single: PillowMatchEnv, plan: list[tuple[int, list[int]]], progress: bool) -> list[float]:
         """Rewards of the planned (query, set) pairs, by the training signal (see ``signal``), in batches."""

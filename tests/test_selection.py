@@ -3,6 +3,7 @@ listwise agent and paired statistics (tiny model and stub LLM; fast tier)."""
 
 import itertools
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -182,6 +183,24 @@ def test_listwise_learns_the_best_pairs_off_policy_and_beats_knn(hash_encoder, t
     assert agent.select_many(env, everything) == KNNAgent().select_many(env, everything)
     with pytest.raises(ValueError, match="margin must be >= 0"):
         ListwiseAgent(margin=-1)
+
+
+def test_listwise_explores_every_shortlist_entry_equally_often(hash_encoder):
+    pool, queries, _, engine = _stub_problem(hash_encoder)
+    env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
+    counts = {}
+    for balanced in (True, False):
+        agent = ListwiseAgent(candidates=8, seed=0, signal="env", balanced=balanced)
+        agent.prepare(env)
+        agent._scorer = env.engine
+        data, n = agent._explore(env, 8 * len(queries), np.random.default_rng(0), progress=False)
+        assert n == 8 * len(queries) and all(len(sets) == 8 for sets in data.values())
+        knn = KNNAgent().select_many(env, list(range(len(queries))))
+        assert all(tuple(sorted(knn[q])) in {tuple(sorted(s)) for s in data[q]} for q in data)  # kNN's set first
+        counts[balanced] = [Counter(i for s in data[q] for i in s) for q in data]
+    # 8 pairs of 8 entries: each entry in exactly two of a query's pairs; random draws miss some entries
+    assert all(set(c.values()) == {2} and len(c) == 8 for c in counts[True])
+    assert any(len(c) < 8 or max(c.values()) > 2 for c in counts[False])
 
 
 def test_listwise_falls_back_to_knn_when_learning_does_not_help(hash_encoder):
