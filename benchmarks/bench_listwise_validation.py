@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1", help="agent seeds, comma-separated")
     parser.add_argument("--budget", type=int, default=1000, help="LLM calls for training on half A")
     parser.add_argument("--margins", default="0", help="selection margins to evaluate on each trained agent")
+    parser.add_argument("--queries", type=int, default=None, help="train on this many queries of half A "
+                        "(a different random subset per seed; default: all of them), to see how the gain "
+                        "grows with the number of training queries")
     parser.add_argument("--split-seed", type=int, default=123)
     parser.add_argument("--cache", default=None, help="SQLite reward cache")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "listwise-validation.json")
@@ -83,7 +86,11 @@ def main() -> None:
         for seed in seeds:
             kwargs = {"seed": seed, **variant}
             agent = _agent_class(kwargs.pop("cls", None))(**kwargs)
-            log = agent.fit(env_a, Budget(generations=args.budget), progress=False)
+            train_env = env_a
+            if args.queries is not None:
+                subset = np.random.default_rng(1000 + seed).permutation(half)[:args.queries]
+                train_env = PillowMatchEnv(suite.pool, [env_a.queries[i] for i in subset], cache_path=args.cache)
+            log = agent.fit(train_env, Budget(generations=args.budget), progress=False)
             for margin in margins:  # a selection-time setting: one trained agent serves every margin
                 agent.margin = margin
                 picks = agent.select_many(env_b, list(range(len(tables))))
@@ -107,7 +114,8 @@ def main() -> None:
                   f"{mean['high']:+.4f}]; vs the first: {versus['mean']:+.4f} [{versus['low']:+.4f}, "
                   f"{versus['high']:+.4f}]")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"budget": args.budget, "split_seed": args.split_seed, "queries_a": half,
+    args.out.write_text(json.dumps({"budget": args.budget, "split_seed": args.split_seed,
+                                    "queries_a": half if args.queries is None else args.queries,
                                     "queries_b": len(tables), "oracle_vs_knn": oracle, "rows": rows}, indent=2))
 
 
