@@ -104,27 +104,50 @@ def ray_local():
     ray.shutdown()
 
 
-def test_masked_module_puts_no_probability_on_invalid_actions(ray_local):
+@pytest.mark.parametrize("algorithm", ["PPO", "APPO"])
+def test_masked_module_puts_no_probability_on_invalid_actions(ray_local, algorithm):
     import torch
     from gymnasium import spaces
     from ray.rllib.core.columns import Columns
-    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+    from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS
 
-    from pillow_env.rllib.module import MaskedPPOModule
+    from pillow_env.rllib import module_spec
 
     space = spaces.Dict({"observations": spaces.Box(-1, 1, (6,), np.float32),
                          "action_mask": spaces.Box(0, 1, (5,), np.float32)})
-    module = RLModuleSpec(module_class=MaskedPPOModule, observation_space=space, action_space=spaces.Discrete(5),
-                          model_config={"fcnet_hiddens": [8]}).build()
+    module = module_spec((8,), space, spaces.Discrete(5), algorithm=algorithm).build()
     mask = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 1, 1]], dtype=torch.float32)
     batch = {Columns.OBS: {"observations": torch.randn(2, 6), "action_mask": mask}}
-    for forward in (module.forward_exploration, module.forward_train):
-        probs = torch.softmax(forward(batch)[Columns.ACTION_DIST_INPUTS], -1)
+    outputs = [module.forward_exploration(batch)[Columns.ACTION_DIST_INPUTS],
+               module.forward_train(batch)[Columns.ACTION_DIST_INPUTS]]
+    if algorithm == "APPO":  # the target policy behind APPO's importance ratios is masked too
+        module.make_target_networks()
+        outputs.append(module.forward_target(batch)[TARGET_NETWORK_ACTION_DIST_INPUTS])
+    for logits in outputs:
+        probs = torch.softmax(logits, -1)
         assert torch.all(probs[mask == 0] == 0) and torch.allclose(probs.sum(-1), torch.ones(2))
     assert module.compute_values(batch).shape == (2,)
     with pytest.raises(ValueError, match="'observations' and 'action_mask'"):
-        RLModuleSpec(module_class=MaskedPPOModule, observation_space=space["observations"],
-                     action_space=spaces.Discrete(5)).build()
+        module_spec((8,), space["observations"], spaces.Discrete(5), algorithm=algorithm).build()
+    with pytest.raises(ValueError, match="algorithm must be one of PPO, IMPALA, APPO, got 'DQN'"):
+        module_spec(algorithm="DQN")
+
+
+def test_appo_learns_from_runners_that_never_send_an_invalid_action(ray_local, named_env, tmp_path):
+    from pillow_env import rllib
+
+    config = rllib.appo_config(named_env.config() | {"trajectory_dir": str(tmp_path / "logs")},
+                               num_env_runners=2, train_batch_size=32, hiddens=(16,))
+    algo = config.build_algo()
+    try:
+        results = [algo.train() for _ in range(2)]
+    finally:
+        algo.stop()
+    pillow = results[-1]["env_runners"]["pillow"]
+    assert pillow["episodes_runner_1"] > 0 and pillow["episodes_runner_2"] > 0
+    assert pillow["scored"] == pillow["episodes_runner_1"] + pillow["episodes_runner_2"]  # none cut short
+    learned = [r["learners"]["default_policy"] for r in results if "default_policy" in r.get("learners", {})]
+    assert learned and all(np.isfinite(r["total_loss"]) for r in learned)
 
 
 def test_rllib_ppo_trains_on_two_runners_shares_the_cache_and_reloads(ray_local, named_env, tmp_path):

@@ -1,4 +1,4 @@
-"""What RLlib runs: PPO's default module with action masking, and per-episode metrics from the env."""
+"""What RLlib runs: PPO's and APPO's default modules with action masking, and per-episode metrics from the env."""
 
 from __future__ import annotations
 
@@ -8,17 +8,20 @@ from typing import Any
 
 import gymnasium as gym
 import torch
+from ray.rllib.algorithms.appo.torch.default_appo_torch_rl_module import DefaultAPPOTorchRLModule
 from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS
 from ray.rllib.utils.torch_utils import FLOAT_MIN
 
-__all__ = ["MaskedPPOModule", "PillowMetrics"]
+__all__ = ["MaskedAPPOModule", "MaskedPPOModule", "PillowMetrics"]
 
 
-class MaskedPPOModule(DefaultPPOTorchRLModule):
-    """PPO's default actor-critic on ``obs["observations"]``; actions whose ``obs["action_mask"]`` is 0
-    get the lowest logit, so they are never sampled and carry no probability in the PPO loss.
+class _ActionMasking:
+    """Action masking for RLlib's default actor-critic modules: the networks read ``obs["observations"]``
+    and actions whose ``obs["action_mask"]`` is 0 get the lowest logit, so they are never sampled and
+    carry no probability in the loss (nor in a target policy's logits, for APPO's importance ratios).
 
     Raises ``ValueError`` on any other observation space (see :class:`~pillow_env.rllib.env.MaskedObservation`).
     """
@@ -26,7 +29,7 @@ class MaskedPPOModule(DefaultPPOTorchRLModule):
     def __init__(self, *, observation_space: gym.Space | None = None, **kwargs: Any) -> None:
         if not (isinstance(observation_space, gym.spaces.Dict)
                 and set(observation_space.spaces) == {"observations", "action_mask"}):
-            raise ValueError("MaskedPPOModule needs a Dict observation space with keys 'observations' and "
+            raise ValueError(f"{type(self).__name__} needs a Dict observation space with keys 'observations' and "
                              f"'action_mask' (wrap the env in MaskedObservation), got {observation_space}")
         # The networks are built for the flat observations; the module still declares the Dict it reads.
         super().__init__(observation_space=observation_space["observations"], **kwargs)
@@ -40,9 +43,10 @@ class MaskedPPOModule(DefaultPPOTorchRLModule):
         return {**batch, Columns.OBS: obs["observations"]}, obs["action_mask"]
 
     @staticmethod
-    def _mask(out: dict[str, Any], mask: torch.Tensor | None) -> dict[str, Any]:
+    def _mask(out: dict[str, Any], mask: torch.Tensor | None, key: str = Columns.ACTION_DIST_INPUTS
+              ) -> dict[str, Any]:
         if mask is not None:
-            out[Columns.ACTION_DIST_INPUTS] = out[Columns.ACTION_DIST_INPUTS].masked_fill(mask <= 0, FLOAT_MIN)
+            out[key] = out[key].masked_fill(mask <= 0, FLOAT_MIN)
         return out
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -56,6 +60,18 @@ class MaskedPPOModule(DefaultPPOTorchRLModule):
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
         inner, _ = self._split(batch)
         return super().compute_values(inner, embeddings)
+
+
+class MaskedPPOModule(_ActionMasking, DefaultPPOTorchRLModule):
+    """PPO's default actor-critic with action masking (PPO, and IMPALA, which uses the same module)."""
+
+
+class MaskedAPPOModule(_ActionMasking, DefaultAPPOTorchRLModule):
+    """APPO's default actor-critic (with its target policy) with action masking."""
+
+    def forward_target(self, batch: dict[str, Any]) -> dict[str, Any]:
+        inner, mask = self._split(batch)
+        return self._mask(super().forward_target(inner), mask, TARGET_NETWORK_ACTION_DIST_INPUTS)
 
 
 class PillowMetrics(RLlibCallback):
