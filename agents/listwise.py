@@ -128,7 +128,8 @@ class ListwiseAgent(Agent):
         return {"candidates": self.candidates, "epochs": self.epochs, "folds": self.folds,
                 "target_temperature": self.target_temperature, "lr": self.lr, "weight_decay": self.weight_decay,
                 "batch_queries": self.batch_queries, "hidden": self.hidden, "temperature": self.temperature,
-                "signal": self.signal, "balanced": self.balanced, "explore_temperature": self.explore_temperature,
+                "signal": self.signal, "balanced": self.balanced,
+                "explore_temperature": self.explore_temperature,
                 "refine": self.refine, "margin": self.margin, "logs": self.logs, "seed": self.seed,
                 "pool_fingerprint": self.pool_fingerprint, "chosen_epochs": self.chosen_epochs}
 

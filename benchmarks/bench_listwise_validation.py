@@ -89,7 +89,8 @@ def main() -> None:
             train_env = env_a
             if args.queries is not None:
                 subset = np.random.default_rng(1000 + seed).permutation(half)[:args.queries]
-                train_env = PillowMatchEnv(suite.pool, [env_a.queries[i] for i in subset], cache_path=args.cache)
+                train_env = PillowMatchEnv(suite.pool, [env_a.queries[i] for i in subset],
+                                           cache_path=args.cache)
             log = agent.fit(train_env, Budget(generations=args.budget), progress=False)
             for margin in margins:  # a selection-time setting: one trained agent serves every margin
                 agent.margin = margin

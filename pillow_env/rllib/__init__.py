@@ -68,7 +68,8 @@ def ppo_config(env_config: dict[str, Any], *, num_env_runners: int = 2, train_ba
 
 
 def appo_config(env_config: dict[str, Any], *, num_env_runners: int = 2, train_batch_size: int = 256,
-                lr: float = 3e-4, entropy_coeff: float = 0.01, hiddens: tuple[int, ...] = (256,), seed: int = 0):
+                lr: float = 3e-4, entropy_coeff: float = 0.01, hiddens: tuple[int, ...] = (256,),
+                seed: int = 0):
     """An ``APPOConfig`` for the registered env, set up like :func:`ppo_config`: APPO learns while the
     runners keep sampling (V-trace corrects for the lag), which suits an env whose steps wait on an LLM."""
     from ray.rllib.algorithms.appo import APPOConfig

@@ -1,4 +1,5 @@
-"""What RLlib runs: PPO's and APPO's default modules with action masking, and per-episode metrics from the env."""
+"""What RLlib runs: PPO's and APPO's default modules with action masking, and per-episode metrics
+from the env."""
 
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ class _ActionMasking:
     def __init__(self, *, observation_space: gym.Space | None = None, **kwargs: Any) -> None:
         if not (isinstance(observation_space, gym.spaces.Dict)
                 and set(observation_space.spaces) == {"observations", "action_mask"}):
-            raise ValueError(f"{type(self).__name__} needs a Dict observation space with keys 'observations' and "
-                             f"'action_mask' (wrap the env in MaskedObservation), got {observation_space}")
+            raise ValueError(f"{type(self).__name__} needs a Dict observation space with keys 'observations' "
+                             "and 'action_mask' (wrap the env in MaskedObservation), "
+                             f"got {observation_space}")
         # The networks are built for the flat observations; the module still declares the Dict it reads.
         super().__init__(observation_space=observation_space["observations"], **kwargs)
         self.observation_space = observation_space
