@@ -30,8 +30,8 @@ decoding when there are too many sets) and places the set nearest-last.
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
