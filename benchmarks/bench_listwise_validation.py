@@ -7,8 +7,9 @@ scored by the likelihood signal, so whatever a variant picks can be looked up wi
 call. Reported per variant and seed: the mean likelihood reward of its picks on B minus the kNN
 set's, with a 95% paired bootstrap interval; then the seed average, paired against the first
 variant's (at the first margin); the per-query oracle shows the room. ``--margins`` evaluates
-several selection margins (``ListwiseAgent.margin``) on each trained agent. Use this to
-choose defaults; the test split is for the final `pillow-env bench` only.
+several selection margins (``ListwiseAgent.margin``) on each trained agent; ``--swap`` trains on
+half B and judges on half A (where all sets are scored too). Use this to choose defaults; the test
+split is for the final `pillow-env bench` only.
 
 Usage: ``python benchmarks/bench_listwise_validation.py --variants '[{}, {"refine": 0.4}]' --seeds 0,1``
 (``--cache runs/cache.sqlite`` to reuse scored sets); writes ``benchmarks/results/listwise-validation.json``.
@@ -41,29 +42,39 @@ def _agent_class(spec: str | None):
     return getattr(module, name)
 
 
+def _chosen(log: dict) -> str:
+    """What cross-validation chose: kNN, the linear ranker's penalty or the matching network's epochs."""
+    if log.get("chosen_penalty") is not None:
+        return f"linear, penalty {log['chosen_penalty']}"
+    return f"matching, {log['chosen_epochs']} epochs" if log.get("chosen_epochs") else "kNN"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="[{}]", help="JSON list of ListwiseAgent keyword arguments (a "
                         "'cls': 'file.py:Class' entry trains a subclass under trial instead)")
     parser.add_argument("--seeds", default="0,1", help="agent seeds, comma-separated")
     parser.add_argument("--budget", type=int, default=1000, help="LLM calls for training on half A")
-    parser.add_argument("--margins", default="0", help="selection margins to evaluate on each trained agent")
+    parser.add_argument("--margins", default=None, help="selection margins to evaluate on each trained agent "
+                        "(default: the agent's own)")
     parser.add_argument("--queries", type=int, default=None, help="train on this many queries of half A "
                         "(a different random subset per seed; default: all of them), to see how the gain "
                         "grows with the number of training queries")
     parser.add_argument("--split-seed", type=int, default=123)
+    parser.add_argument("--swap", action="store_true", help="train on half B and judge on half A instead")
     parser.add_argument("--cache", default=None, help="SQLite reward cache")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "listwise-validation.json")
     args = parser.parse_args()
     variants = json.loads(args.variants)
     seeds = [int(s) for s in args.seeds.split(",")]
-    margins = [float(m) for m in args.margins.split(",")]
+    margins = [None] if args.margins is None else [float(m) for m in args.margins.split(",")]
 
     suite = builtin_suite(0)
     order = np.random.default_rng(args.split_seed).permutation(len(suite.train))
     half = len(order) // 2
-    env_a = PillowMatchEnv(suite.pool, [suite.train[i] for i in order[:half]], cache_path=args.cache)
-    env_b = PillowMatchEnv(suite.pool, [suite.train[i] for i in order[half:]], cache_path=args.cache)
+    halves = (order[:half], order[half:])[::-1 if args.swap else 1]  # (train, judge)
+    env_a = PillowMatchEnv(suite.pool, [suite.train[i] for i in halves[0]], cache_path=args.cache)
+    env_b = PillowMatchEnv(suite.pool, [suite.train[i] for i in halves[1]], cache_path=args.cache)
 
     # Half B: every shortlist set of every query, by the likelihood signal.
     probe = ListwiseAgent()
@@ -88,22 +99,23 @@ def main() -> None:
             agent = _agent_class(kwargs.pop("cls", None))(**kwargs)
             train_env = env_a
             if args.queries is not None:
-                subset = np.random.default_rng(1000 + seed).permutation(half)[:args.queries]
+                subset = np.random.default_rng(1000 + seed).permutation(len(env_a.queries))[:args.queries]
                 train_env = PillowMatchEnv(suite.pool, [env_a.queries[i] for i in subset],
                                            cache_path=args.cache)
             log = agent.fit(train_env, Budget(generations=args.budget), progress=False)
+            own = agent.margin
             for margin in margins:  # a selection-time setting: one trained agent serves every margin
-                agent.margin = margin
+                agent.margin = own if margin is None else margin
                 picks = agent.select_many(env_b, list(range(len(tables))))
                 gains = np.array([tables[q][tuple(p)] for q, p in enumerate(picks)]) - knn_reward
                 per_margin[margin].append(gains)
                 result = paired_bootstrap(gains)
-                rows.append({"variant": variant, "margin": margin, "seed": seed, "gain_vs_knn": result,
+                rows.append({"variant": variant, "margin": agent.margin, "seed": seed, "gain_vs_knn": result,
                              "changed": int(sum(tuple(p) != k for p, k in zip(picks, knn))),
-                             "scored": log["episodes"], "chosen_epochs": log["chosen_epochs"]})
-                print(f"{json.dumps(variant)} margin {margin} seed {seed}: {result['mean']:+.4f} "
+                             "scored": log["episodes"], "chosen": _chosen(log)})
+                print(f"{json.dumps(variant)} margin {agent.margin} seed {seed}: {result['mean']:+.4f} "
                       f"[{result['low']:+.4f}, {result['high']:+.4f}] ({rows[-1]['changed']} picks differ from "
-                      f"kNN; {log['episodes']} sets scored on A, {log['chosen_epochs']} epochs)")
+                      f"kNN; {log['episodes']} sets scored on A, chose {_chosen(log)})")
         for margin, gains in per_margin.items():
             averaged = np.mean(gains, axis=0)
             mean = paired_bootstrap(averaged)
@@ -115,8 +127,8 @@ def main() -> None:
                   f"{mean['high']:+.4f}]; vs the first: {versus['mean']:+.4f} [{versus['low']:+.4f}, "
                   f"{versus['high']:+.4f}]")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"budget": args.budget, "split_seed": args.split_seed,
-                                    "queries_a": half if args.queries is None else args.queries,
+    args.out.write_text(json.dumps({"budget": args.budget, "split_seed": args.split_seed, "swap": args.swap,
+                                    "queries_a": len(env_a.queries) if args.queries is None else args.queries,
                                     "queries_b": len(tables), "oracle_vs_knn": oracle, "rows": rows}, indent=2))
 
 

@@ -22,7 +22,7 @@ from .engine import RewardEngine
 from .prompts import user_text
 from .rewards import PillowReward
 
-__all__ = ["shared_backend", "shared_engine", "embed_examples", "set_threads", "DEFAULT_MODEL"]
+__all__ = ["shared_backend", "shared_engine", "embed_examples", "embed_field", "set_threads", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -70,6 +70,18 @@ def embed_examples(encoder: Encoder, examples: Sequence[Example], *, with_output
     if found is None:
         texts = [user_text(e) + ("\n" + e.output if with_output else "") for e in examples]
         found = np.ascontiguousarray(encoder.encode(texts), dtype=np.float32)
+        _EMBEDDINGS.put(key, found)
+    return found
+
+
+def embed_field(encoder: Encoder, examples: Sequence[Example], field: str) -> np.ndarray:
+    """Embeddings of one field of examples (``instruction``, ``input`` or ``output``), memoised."""
+    if field not in ("instruction", "input", "output"):
+        raise ValueError(f"embed_field: field must be instruction, input or output, got {field!r}")
+    key = repr((getattr(encoder, "name", repr(encoder)), examples_fingerprint(examples), field))
+    found = _EMBEDDINGS.get(key)
+    if found is None:
+        found = np.ascontiguousarray(encoder.encode([getattr(e, field) or "" for e in examples]), dtype=np.float32)
         _EMBEDDINGS.put(key, found)
     return found
 

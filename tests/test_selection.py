@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from agents import Budget, DPPAgent, KNNAgent, ListwiseAgent, MMRAgent, make_agent
+from agents.set_ranker import SetRanker
 from pillow_env import Example, builtin_suite
 from pillow_env.engine import RewardEngine
 from pillow_env.env import PillowMatchEnv
@@ -154,9 +155,9 @@ def test_every_scored_episode_is_logged_and_read_back_by_content(engine, hash_en
 
 # -- listwise agent ------------------------------------------------------------------------------
 
-def _stub_problem(hash_encoder):
+def _stub_problem(hash_encoder, best=None):
     pool = [Example(f"Example number {k}.", f"p{k}", f"answer {k}") for k in range(12)]
-    best = {"fr": {"p3", "p7"}, "sum": {"p1", "p10"}}
+    best = best or {"fr": {"p3", "p7"}, "sum": {"p1", "p10"}}
     words = ["cat", "dog", "house", "tree", "car", "book", "sun", "moon", "bird", "lamp"]
     queries = ([Example("Translate the word into French.", w, "x", {"cls": "fr"}) for w in words]
                + [Example("Add the two numbers together.", f"{a} + {a + 3}", "y", {"cls": "sum"}) for a in range(10)])
@@ -164,10 +165,10 @@ def _stub_problem(hash_encoder):
     return pool, queries, best, engine
 
 
-def test_listwise_learns_the_best_pairs_off_policy_and_beats_knn(hash_encoder, tmp_path):
-    pool, queries, best, engine = _stub_problem(hash_encoder)
+def test_listwise_matching_network_learns_query_dependent_best_pairs_and_beats_knn(hash_encoder, tmp_path):
+    pool, queries, best, engine = _stub_problem(hash_encoder)  # each kind of query has its own best pair
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    agent = ListwiseAgent(candidates=12, epochs=60, seed=0, signal="env")
+    agent = ListwiseAgent(candidates=12, epochs=60, seed=0, signal="env", model="matching")
     log = agent.fit(venv, Budget(generations=600), progress=False)
     assert log["episodes"] <= 600 and engine.stats.generations <= 600
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
@@ -183,6 +184,33 @@ def test_listwise_learns_the_best_pairs_off_policy_and_beats_knn(hash_encoder, t
     assert agent.select_many(env, everything) == KNNAgent().select_many(env, everything)
     with pytest.raises(ValueError, match="margin must be >= 0"):
         ListwiseAgent(margin=-1)
+    with pytest.raises(ValueError, match="model must be one of"):
+        ListwiseAgent(model="mlp")
+
+
+def test_listwise_linear_ranker_learns_which_exemplars_help_every_query(hash_encoder, tmp_path, monkeypatch):
+    # The same pair is best for every query, and kNN does not find it: a bias per pool entry can learn it.
+    best = {"fr": {"p3", "p7"}, "sum": {"p3", "p7"}}
+    pool, queries, best, engine = _stub_problem(hash_encoder, best)
+    venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
+    agent = ListwiseAgent(candidates=12, seed=0, signal="env")
+    log = agent.fit(venv, Budget(generations=400), progress=False)
+    env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
+    everything = list(range(len(queries)))
+
+    def hits(selections):
+        return np.mean([{pool[a].input for a in sel} == {"p3", "p7"} for sel in selections])
+
+    assert agent.model == "linear" and isinstance(agent.net, SetRanker) and agent.margin == 0
+    assert hits(agent.select_many(env, everything)) >= 0.9 > hits(KNNAgent().select_many(env, everything))
+    assert log["chosen_penalty"] in agent.penalties and log["validation_gain"]["low"] > 0
+    agent.save(tmp_path / "ranker")
+    loaded = make_agent("knn").load(tmp_path / "ranker")
+    assert isinstance(loaded.net, SetRanker) and loaded.select_many(env, everything) == agent.select_many(env, everything)
+    monkeypatch.setattr("agents.listwise.MAX_ENUMERATED_SETS", 0)  # too many sets: one member at a time
+    assert hits(agent.select_many(env, everything)) >= 0.9
+    with pytest.raises(ValueError, match="penalties must be"):
+        ListwiseAgent(penalties=[0.0])
 
 
 def test_listwise_explores_every_shortlist_entry_equally_often(hash_encoder):
@@ -204,14 +232,15 @@ def test_listwise_explores_every_shortlist_entry_equally_often(hash_encoder):
     assert any(len(c) < 8 or max(c.values()) > 2 for c in counts[False])
 
 
-def test_listwise_falls_back_to_knn_when_learning_does_not_help(hash_encoder):
+@pytest.mark.parametrize("model", ["linear", "matching"])
+def test_listwise_falls_back_to_knn_when_learning_does_not_help(hash_encoder, model):
     pool, queries, _, _ = _stub_problem(hash_encoder)
     engine = RewardEngine(StubGenerator({"fr": set(), "sum": set()}), stub_reward)  # every set scores the same
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    agent = ListwiseAgent(candidates=6, epochs=3, seed=0, signal="env")
+    agent = ListwiseAgent(candidates=6, epochs=3, seed=0, signal="env", model=model)
     log = agent.fit(venv, Budget(generations=100), progress=False)
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
-    assert log["chosen_epochs"] == 0
+    assert log["chosen_penalty"] is None and log["chosen_epochs"] == (0 if model == "matching" else None)
     assert agent.select_many(env, list(range(len(queries)))) == KNNAgent().select_many(env, list(range(len(queries))))
 
 
@@ -243,7 +272,7 @@ def test_listwise_refine_spends_its_share_on_the_networks_top_unscored_sets(hash
     mine = [tuple(sel) for i, sel in plan if i == q]
     assert set(mine) == set(sets[-3:])
     batch = agent._tensors(env, {q: dict.fromkeys(mine, 0.0)}, keep_flat=True)
-    ranks = agent._sequence_logprob(batch, torch.as_tensor(env.pool_embeddings))[0].tolist()
+    ranks = agent._set_scores(batch, torch.as_tensor(env.pool_embeddings))[0].tolist()
     assert ranks == sorted(ranks, reverse=True)
     with pytest.raises(ValueError, match="refine must be in"):
         ListwiseAgent(refine=1.0)
