@@ -62,6 +62,9 @@ def main() -> None:
                         "grows with the number of training queries")
     parser.add_argument("--split-seed", type=int, default=123)
     parser.add_argument("--swap", action="store_true", help="train on half B and judge on half A instead")
+    parser.add_argument("--judge", choices=("loglik", "generate"), default="loglik",
+                        help="judge picks on B by the likelihood signal (all sets scored once) or by the "
+                        "generation reward the test split uses (each picked set generated once, cached)")
     parser.add_argument("--cache", default=None, help="SQLite reward cache")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "listwise-validation.json")
     args = parser.parse_args()
@@ -83,13 +86,26 @@ def main() -> None:
     tables, knn = [], []
     for q in range(len(env_b.queries)):
         sets = probe._sets(env_b, q)  # kNN's first
-        rewards = [s.reward for s in scorer.score([([env_b.pool[i] for i in s], env_b.queries[q]) for s in sets])]
-        tables.append(dict(zip(sets, rewards)))
         knn.append(sets[0])
-    knn_reward = np.array([t[k] for t, k in zip(tables, knn)])
-    oracle = paired_bootstrap(np.array([max(t.values()) for t in tables]) - knn_reward)
-    print(f"half B: {len(tables)} queries, all sets scored ({scorer.stats.loglik_passes} new passes); "
-          f"oracle vs kNN {oracle['mean']:+.4f}")
+        if args.judge == "loglik":
+            rewards = [s.reward for s in scorer.score([([env_b.pool[i] for i in s], env_b.queries[q]) for s in sets])]
+            tables.append(dict(zip(sets, rewards)))
+    judged: dict[tuple[int, tuple[int, ...]], float] = {}
+
+    def judge(picks: list[tuple[int, ...]]) -> np.ndarray:
+        """Rewards of one set per query of B, by the chosen judge."""
+        if args.judge == "loglik":
+            return np.array([tables[q][p] for q, p in enumerate(picks)])
+        todo = sorted({(q, p) for q, p in enumerate(picks)} - set(judged))
+        scored = env_b.engine.score([([env_b.pool[i] for i in p], env_b.queries[q]) for q, p in todo])
+        judged.update({key: s.reward for key, s in zip(todo, scored)})
+        return np.array([judged[(q, p)] for q, p in enumerate(picks)])
+
+    knn_reward = judge(knn)
+    oracle = (paired_bootstrap(np.array([max(t.values()) for t in tables]) - knn_reward)
+              if args.judge == "loglik" else None)
+    print(f"half B: {len(knn)} queries judged by {args.judge} ({scorer.stats.loglik_passes} new likelihood passes)"
+          + (f"; oracle vs kNN {oracle['mean']:+.4f}" if oracle else ""))
 
     rows, first = [], None
     for variant in variants:
@@ -106,8 +122,8 @@ def main() -> None:
             own = agent.margin
             for margin in margins:  # a selection-time setting: one trained agent serves every margin
                 agent.margin = own if margin is None else margin
-                picks = agent.select_many(env_b, list(range(len(tables))))
-                gains = np.array([tables[q][tuple(p)] for q, p in enumerate(picks)]) - knn_reward
+                picks = agent.select_many(env_b, list(range(len(knn))))
+                gains = judge([tuple(p) for p in picks]) - knn_reward
                 per_margin[margin].append(gains)
                 result = paired_bootstrap(gains)
                 rows.append({"variant": variant, "margin": agent.margin, "seed": seed, "gain_vs_knn": result,
@@ -127,9 +143,9 @@ def main() -> None:
                   f"{mean['high']:+.4f}]; vs the first: {versus['mean']:+.4f} [{versus['low']:+.4f}, "
                   f"{versus['high']:+.4f}]")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"budget": args.budget, "split_seed": args.split_seed, "swap": args.swap,
+    args.out.write_text(json.dumps({"budget": args.budget, "split_seed": args.split_seed, "swap": args.swap, "judge": args.judge,
                                     "queries_a": len(env_a.queries) if args.queries is None else args.queries,
-                                    "queries_b": len(tables), "oracle_vs_knn": oracle, "rows": rows}, indent=2))
+                                    "queries_b": len(knn), "oracle_vs_knn": oracle, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
