@@ -113,14 +113,6 @@ class PromptRenderer:
             text += _alpaca_block(ex) + ex.output + "\n\n"
         return text + _alpaca_block(query)
 
-    @property
-    def turn_end(self) -> str:
-        """What follows an answer in a rendered conversation, trailing whitespace aside: the chat
-        template's end-of-turn marker (the tokenizer's EOS text in the plain-text format)."""
-        answer = "ANSWER"
-        _, completion = self.render_pair([], Example("Say it.", "", answer))
-        return completion[len(answer):].rstrip() if completion.startswith(answer) else ""
-
     def render_pair(self, exemplars: Sequence[Example], example: Example) -> tuple[str, str]:
         """(prompt, completion) for training: the completion is the answer plus the end-of-turn text.
 
