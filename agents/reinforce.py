@@ -167,7 +167,8 @@ class ReinforceAgent(Agent):
 
         total = min(b for b in (budget.episodes, budget.generations) if b is not None)
         share = int(total * self.pretrain)
-        listwise = ListwiseAgent(model="matching", hidden=self.hidden, temperature=self.temperature, seed=self.seed)
+        listwise = ListwiseAgent(model="matching", hidden=self.hidden, temperature=self.temperature,
+                                 seed=self.seed)
         listwise.fit(venv, Budget(generations=max(1, share)), progress=progress)
         self.net, self.pool_fingerprint = listwise.net, listwise.pool_fingerprint
         return Budget(episodes=None if budget.episodes is None else max(1, budget.episodes - share),

@@ -168,7 +168,7 @@ def _stub_problem(hash_encoder, best=None):
 def test_listwise_matching_network_learns_query_dependent_best_pairs_and_beats_knn(hash_encoder, tmp_path):
     pool, queries, best, engine = _stub_problem(hash_encoder)  # each kind of query has its own best pair
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    agent = ListwiseAgent(candidates=12, epochs=60, seed=0, signal="env", model="matching")
+    agent = ListwiseAgent(candidates=12, epochs=60, seed=0, signal="env")
     log = agent.fit(venv, Budget(generations=600), progress=False)
     assert log["episodes"] <= 600 and engine.stats.generations <= 600
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
@@ -193,7 +193,7 @@ def test_listwise_linear_ranker_learns_which_exemplars_help_every_query(hash_enc
     best = {"fr": {"p3", "p7"}, "sum": {"p3", "p7"}}
     pool, queries, best, engine = _stub_problem(hash_encoder, best)
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    agent = ListwiseAgent(candidates=12, seed=0, signal="env")
+    agent = ListwiseAgent(candidates=12, seed=0, signal="env", model="linear")
     log = agent.fit(venv, Budget(generations=400), progress=False)
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
     everything = list(range(len(queries)))
@@ -206,7 +206,8 @@ def test_listwise_linear_ranker_learns_which_exemplars_help_every_query(hash_enc
     assert log["chosen_penalty"] in agent.penalties and log["validation_gain"]["low"] > 0
     agent.save(tmp_path / "ranker")
     loaded = make_agent("knn").load(tmp_path / "ranker")
-    assert isinstance(loaded.net, SetRanker) and loaded.select_many(env, everything) == agent.select_many(env, everything)
+    assert isinstance(loaded.net, SetRanker)
+    assert loaded.select_many(env, everything) == agent.select_many(env, everything)
     monkeypatch.setattr("agents.listwise.MAX_ENUMERATED_SETS", 0)  # too many sets: one member at a time
     assert hits(agent.select_many(env, everything)) >= 0.9
     with pytest.raises(ValueError, match="penalties must be"):
