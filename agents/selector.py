@@ -53,11 +53,9 @@ def _trained_m(agent: Agent) -> int | None:
     """How many exemplars a learned agent was trained to pick (its network fixes it), if it says."""
     net = getattr(agent, "net", None)
     if net is not None:
-        return int(net.m)
-    model = getattr(agent, "model", None)
-    if model is not None:
-        return int(model.observation_space["chosen"].shape[0])
-    return None
+        return getattr(net, "m", None)  # the listwise agent's linear ranker scores sets of any size
+    space = getattr(getattr(agent, "model", None), "observation_space", None)  # an SB3 model's
+    return None if space is None else int(space["chosen"].shape[0])
 
 
 class Selector:
