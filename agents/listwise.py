@@ -32,7 +32,6 @@ when there are too many sets) and places the set nearest-last.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import warnings
 from collections import Counter
@@ -57,36 +56,8 @@ from .set_ranker import SetRanker, example_views, load_ranker, save_ranker
 __all__ = ["ListwiseAgent"]
 
 MAX_ENUMERATED_SETS = 4096
-MODELS = ("matching", "linear", "ensemble")
-DEFAULT_MARGIN = {"matching": 0.5, "linear": 0.0, "ensemble": 0.0}  # chosen on held-out training queries
-
-
-class RankEnsemble:
-    """The matching network and the linear ranker together: a set's score is minus its mean rank
-    (ties share their average rank) among the query's sets under the two models."""
-
-    def __init__(self, network: MatchingNetwork, ranker: SetRanker) -> None:
-        self.network, self.ranker = network, ranker
-
-    @property
-    def m(self) -> int:
-        return self.network.m
-
-    def eval(self) -> RankEnsemble:
-        self.network.eval()
-        self.ranker.eval()
-        return self
-
-
-def _average_ranks(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(n, width) rank of each valid set among its row's valid sets, best 0, ties averaged."""
-    ranks = torch.zeros_like(scores)
-    for row in range(scores.shape[0]):
-        s = scores[row, valid[row]]
-        above = (s.unsqueeze(0) > s.unsqueeze(1)).sum(1)
-        ties = (s.unsqueeze(0) == s.unsqueeze(1)).sum(1)
-        ranks[row, valid[row]] = above + (ties - 1) / 2
-    return ranks
+MODELS = ("linear", "matching")
+DEFAULT_MARGIN = {"linear": 0.0, "matching": 0.5}  # each chosen on held-out training queries (README)
 
 
 class ListwiseAgent(Agent):
@@ -188,14 +159,9 @@ class ListwiseAgent(Agent):
 
     # -- shared with selection -------------------------------------------------------------------
 
-    def _new_network(self, env: PillowMatchEnv, family: str | None = None
-                     ) -> SetRanker | MatchingNetwork | RankEnsemble:
-        """A fresh model of ``family`` (default: the agent's ``model``); it selects exactly as kNN does (the
-        ranker's ties go to the kNN set)."""
-        family = family or self.model
-        if family == "ensemble":
-            return RankEnsemble(self._new_network(env, "matching"), self._new_network(env, "linear"))
-        if family == "linear":
+    def _new_network(self, env: PillowMatchEnv) -> SetRanker | MatchingNetwork:
+        """A fresh model: it selects exactly as kNN does (the ranker's ties go to the kNN set)."""
+        if self.model == "linear":
             outputs = torch.as_tensor(embed_field(env.encoder, env.pool, "output"))
             return SetRanker(example_views(env.encoder, env.pool), outputs)
         torch.manual_seed(self.seed)
@@ -269,8 +235,7 @@ class ListwiseAgent(Agent):
         return [best[q] for q in query_indices]
 
     def _greedy(self, env: PillowMatchEnv, query_index: int) -> list[int]:
-        """Step-by-step decoding, for shortlists with too many sets to rank them all (an ensemble decodes
-        by its matching network)."""
+        """Step-by-step decoding, for shortlists with too many sets to rank them all."""
         assert self.net is not None
         shortlist = self._shortlist(env, query_index)
         if isinstance(self.net, SetRanker):  # add the member that scores the partial set highest, m times
@@ -283,13 +248,12 @@ class ListwiseAgent(Agent):
             return self._prompt_order(env, query_index, chosen)
         allowed = np.zeros(len(env.pool), dtype=bool)
         allowed[shortlist] = True
-        network = self.net.network if isinstance(self.net, RankEnsemble) else self.net
 
         @torch.no_grad()
         def step_scores(obs: dict[str, Any]) -> np.ndarray:
             query = torch.as_tensor(np.asarray(obs["query"]))[None]
             chosen = torch.as_tensor(np.asarray(obs["chosen"]))[None]
-            out = network(query, chosen, torch.as_tensor([int(obs["step"])]))[0].numpy().astype(np.float64)
+            out = self.net(query, chosen, torch.as_tensor([int(obs["step"])]))[0].numpy().astype(np.float64)
             return np.where(allowed, out, -np.inf)
 
         return self._prompt_order(env, query_index, greedy_rollout(env, query_index, step_scores))
@@ -313,91 +277,68 @@ class ListwiseAgent(Agent):
         data, explored = self._explore(single, limit - second, rng, progress)
         # 2 + 3. Train with cross-validated epochs (below); with ``refine``, then score each query's
         # best-ranked sets not scored yet (the network's own mistakes, corrected) and train again.
-        gains = self._cross_validate_and_train(single, data, rng, progress)
+        mean_gain = self._cross_validate_and_train(single, data, rng, progress)
         if second:
             plan = self._refine_plan(single, data, second, rng)
             for (q, sel), reward in zip(plan, self._score(single, plan, progress)):
                 data[q][tuple(sel)] = reward
             explored += len(plan)
-            gains = self._cross_validate_and_train(single, data, rng, progress)
+            mean_gain = self._cross_validate_and_train(single, data, rng, progress)
         writer = summary_writer(tensorboard)
         if writer is not None:
-            for family, mean_gain in gains.items():
-                for setting, g in enumerate(mean_gain):
-                    writer.add_scalar(f"listwise/{family}_validation_gain", g, setting)
+            for e, g in enumerate(mean_gain):
+                writer.add_scalar("listwise/validation_gain", g, e)
             writer.close()
         scored = sum(len(v) for v in data.values())
-        chosen = [self.history[offset + int(g.argmax())]["validation_gain"]  # each model's chosen setting
-                  for offset, g in zip(np.cumsum([0] + [len(g) for g in gains.values()]), gains.values())]
         return {"episodes": explored, "generations": explored, "scored_sets": scored,
                 "chosen_epochs": self.chosen_epochs, "chosen_penalty": self.chosen_penalty,
-                "validation_gain": max(chosen, key=lambda v: -np.inf if v is None else v["mean"]), "history": [],
+                "validation_gain": self.history[int(mean_gain.argmax())]["validation_gain"], "history": [],
                 "epochs": self.history}
 
     def _cross_validate_and_train(self, single: PillowMatchEnv, data: dict[int, dict[tuple[int, ...], float]],
-                                  rng: np.random.Generator, progress: bool) -> dict[str, np.ndarray]:
-        """Set ``self.net`` (each member of an ensemble cross-validated on the same folds); returns each
-        model's mean out-of-fold gain per setting."""
-        families = ["matching", "linear"] if self.model == "ensemble" else [self.model]
-        trained, gains, self.history = {}, {}, []
-        for family in families:
-            folds_rng = rng if family == families[-1] else copy.deepcopy(rng)  # every member: the same folds
-            trained[family], gains[family], history = self._cross_validate(single, data, folds_rng, progress, family)
-            self.history += history
-        self.chosen_penalty = self.chosen_epochs = None
-        if "linear" in gains:
-            best = int(gains["linear"].argmax())
-            self.chosen_penalty = self.penalties[best - 1] if best else None
-        if "matching" in gains:
-            self.chosen_epochs = int(gains["matching"].argmax())
-        self.net = (RankEnsemble(trained["matching"], trained["linear"]) if self.model == "ensemble"
-                    else trained[self.model]).eval()
-        return gains
-
-    def _cross_validate(self, single: PillowMatchEnv, data: dict[int, dict[tuple[int, ...], float]],
-                        rng: np.random.Generator, progress: bool, family: str
-                        ) -> tuple[SetRanker | MatchingNetwork, np.ndarray, list[dict[str, Any]]]:
-        """Choose a ``family`` model's setting by out-of-fold paired gain over the kNN set and train it on all
-        queries with that setting. Settings: kNN itself (gain 0 by construction), then each of ``penalties``
-        (linear ranker) or each epoch count 1..``epochs`` (matching network). Returns the model, the mean
-        gain per setting and the history (each setting's gain with a bootstrap interval)."""
+                                  rng: np.random.Generator, progress: bool) -> np.ndarray:
+        """Choose the setting by out-of-fold paired gain over the kNN set, then train ``self.net`` on all
+        queries with it; returns the mean gain per setting. Settings: kNN itself (gain 0 by construction),
+        then each of ``penalties`` (linear ranker) or each epoch count 1..``epochs`` (matching network)."""
         knn_sets, usable = self._knn_and_usable(single, data)
         table = torch.as_tensor(single.pool_embeddings)
         folds = np.array_split(rng.permutation(usable), min(self.folds, max(len(usable), 1)))
-        linear = family == "linear"
+        linear = self.model == "linear"
         settings = self.penalties if linear else list(range(1, self.epochs + 1))
         gains = np.zeros((len(settings) + 1, len(usable)))  # row 0 = kNN: gain 0 by construction
         column = {q: i for i, q in enumerate(usable)}
-        for held_out in tqdm(folds, desc=f"listwise: cross-validate ({family})", unit="fold", disable=not progress):
+        for held_out in tqdm(folds, desc="listwise: cross-validate", unit="fold", disable=not progress):
             held = set(held_out.tolist())
             train = self._tensors(single, {q: data[q] for q in usable if q not in held})
             valid = self._tensors(single, {q: data[q] for q in held_out.tolist()}, keep_flat=True)
             cols = [column[q] for q in valid["queries_index"]]
-            for row, net in enumerate(self._trained(single, train, settings, table, family), start=1):
+            for row, net in enumerate(self._trained(single, train, settings, table), start=1):
                 gains[row, cols] = self._gain(net, valid, table, knn_sets)
         mean_gain = gains.mean(axis=1) if usable else np.zeros(len(settings) + 1)
         best = int(mean_gain.argmax())
         name = "penalty" if linear else "epochs"
-        history = [{name: value, "validation_gain": paired_bootstrap(gains[row]) if usable else None}
-                   for row, value in enumerate([None if linear else 0, *settings])]
-        model = self._new_network(single, family)  # selects as kNN does
+        self.history = [{name: value, "validation_gain": paired_bootstrap(gains[row]) if usable else None}
+                        for row, value in enumerate([None if linear else 0, *settings])]
+        self.net = self._new_network(single)  # selects as kNN does
         if best:
             everything = self._tensors(single, {q: data[q] for q in usable})
-            model = list(self._trained(single, everything, settings[best - 1:best] if linear else settings[:best],
-                                       table, family))[-1]
-        return model.eval(), mean_gain, history
+            self.net = list(self._trained(single, everything, settings[best - 1:best] if linear
+                                          else settings[:best], table))[-1]
+        self.chosen_penalty = settings[best - 1] if linear and best else None
+        self.chosen_epochs = None if linear else best
+        self.net.eval()
+        return mean_gain
 
-    def _trained(self, single: PillowMatchEnv, batches: dict[str, Any], settings: list, table: torch.Tensor,
-                 family: str):
-        """A ``family`` model trained on ``batches`` under each setting, in turn: a fresh linear ranker per
-        penalty (a convex problem, solved by L-BFGS), or one matching network after each further epoch."""
-        if family == "linear":
+    def _trained(self, single: PillowMatchEnv, batches: dict[str, Any], settings: list, table: torch.Tensor):
+        """The model trained on ``batches`` under each setting, in turn: a fresh linear ranker per penalty
+        (a convex problem, solved by L-BFGS), or one matching network after each further epoch."""
+        if self.model == "linear":
             for penalty in settings:
-                ranker = self._new_network(single, "linear")
+                ranker = self._new_network(single)
                 self._fit_ranker(ranker, batches, penalty)
                 yield ranker
             return
-        net = self._new_network(single, "matching")
+        net = self._new_network(single)
         optimizer = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         for _ in settings:
             self._epoch(net, optimizer, batches, table)
@@ -573,7 +514,7 @@ class ListwiseAgent(Agent):
             queries[row] = torch.as_tensor(env.query_embeddings[q])
         batch = {"picks": picks, "rewards": rewards, "valid": valid, "allowed": allowed, "queries": queries,
                  "queries_index": [q for q, _ in rows], "sets": [sets for _, sets in rows]}
-        if self.model != "matching":  # the ranker's side of the queries
+        if self.model == "linear":  # the ranker's side of the queries
             batch["views"] = example_views(env.encoder, env.queries)[[q for q, _ in rows]]
         return batch
 
@@ -583,10 +524,6 @@ class ListwiseAgent(Agent):
         each set in order within the shortlist (``table``: the pool embeddings the observation shows)."""
         net = net or self.net
         assert net is not None
-        if isinstance(net, RankEnsemble):
-            ranks = [_average_ranks(self._set_scores(batch, table, member), batch["valid"])
-                     for member in (net.network, net.ranker)]
-            return -(ranks[0] + ranks[1]) / 2
         if isinstance(net, SetRanker):
             return net(batch["views"], batch["picks"])
         picks = batch["picks"]
@@ -607,14 +544,10 @@ class ListwiseAgent(Agent):
     # -- persistence -----------------------------------------------------------------------------
 
     def _save_weights(self, path: Path) -> None:
-        members = (self.net.network, self.net.ranker) if isinstance(self.net, RankEnsemble) else (self.net,)
-        for member in members:
-            (save_ranker if isinstance(member, SetRanker) else save_network)(member, path, self.history)
+        (save_ranker if isinstance(self.net, SetRanker) else save_network)(self.net, path, self.history)
 
     def _load_weights(self, path: Path, trusted: bool = False) -> None:
         if self.model == "linear":
             self.net, self.history = load_ranker(path)
-            return
-        self.net, self.history = load_network(path, self.hidden, self.temperature, knn_init=True)
-        if self.model == "ensemble":
-            self.net = RankEnsemble(self.net, load_ranker(path)[0])
+        else:
+            self.net, self.history = load_network(path, self.hidden, self.temperature, knn_init=True)

@@ -39,13 +39,12 @@ def forbid_llm(monkeypatch):
 
 @pytest.fixture
 def saved_agents(tiny_backbone, hash_encoder, tmp_path):
-    """Every registered agent (and the listwise one with its other models), trained briefly on the tiny
+    """Every registered agent (and the listwise one with its linear ranker), trained briefly on the tiny
     model and saved."""
     engine = RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), max_new_tokens=3)
     folders = {}
-    for name in [*in_process_agents(), "listwise-linear", "listwise-ensemble"]:
-        model = name.removeprefix("listwise-")
-        agent = make_agent("listwise", model=model) if model != name else make_agent(name)
+    for name in [*in_process_agents(), "listwise-linear"]:
+        agent = make_agent("listwise", model="linear") if name == "listwise-linear" else make_agent(name)
         if agent.learns:
             venv = PillowMatchVectorEnv(4, pool=POOL, queries=TRAIN, engine=engine, encoder=hash_encoder)
             agent.fit(venv, Budget(episodes=8), progress=False)
@@ -58,7 +57,7 @@ def test_every_saved_agent_selects_for_new_queries_without_an_llm(saved_agents, 
     forbid_llm(monkeypatch)
     renderer = tiny_backbone.renderer
     for name, folder in saved_agents.items():
-        trusted = not name.startswith("listwise-") and isinstance(make_agent(name), SB3Agent)
+        trusted = name != "listwise-linear" and isinstance(make_agent(name), SB3Agent)
         selector = Selector.load(folder, POOL, trusted=trusted, encoder=hash_encoder, renderer=renderer)
         out = selector.select(NEW)
         assert len(out) == 3, name
