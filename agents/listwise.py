@@ -71,7 +71,7 @@ class ListwiseAgent(Agent):
             pool entry. On held-out training queries (benchmarks/bench_listwise_validation.py) the
             ranker's picks are far better by likelihood (+0.071 vs +0.043 over kNN training on half A,
             +0.080 vs +0.047 on half B; 8 seeds) but no better by generation, what the test split
-            measures (+0.030 vs +0.025, 4 seeds), so the default stays the network (README).
+            measures (+0.018 vs +0.024, 8 seeds), so the default stays the network (README).
         penalties: the L2 penalties cross-validation chooses among for the linear ranker.
         epochs: the most epochs cross-validation may choose for the matching network.
         folds: cross-validation folds over the training queries.
