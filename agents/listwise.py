@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +92,15 @@ class ListwiseAgent(Agent):
             broken): ``None`` uniform; a number in proportion to ``exp(sum of query cosines /
             explore_temperature)``, so sets near kNN's come first.
         refine: the share of the budget kept for a second round: after training on the first, score for
-            each query the sets the network ranks highest among those not scored yet (its own
+            each query the sets the model ranks highest among those not scored yet (its own
             candidates, so its over-ratings get corrected), then train again. 0: one round.
         margin: selection keeps kNN's set unless the model's best set beats it by at least this much
             in score (0: always the best-ranked set); a guard against departures from kNN that the
             model is unsure of. Applies where all sets are ranked. Default per model, each chosen on
-            training queries only (half B of bench_listwise_validation.py): 0 for the ranker (its
-            scores are small: 0.5 kept kNN's set on most queries, +0.027 vs +0.071 at 0, 8 seeds),
-            0.5 for the network (+0.042 vs +0.035 at 0, better in each of 4 seeds).
+            training queries only (half B of bench_listwise_validation.py): 0 for the ranker (judged
+            by likelihood: its scores are small, 0.5 kept kNN's set on most queries, +0.027 vs
+            +0.071 at 0, 8 seeds), 0.5 for the network (+0.042 vs +0.035 at 0 by likelihood, better
+            in each of 4 seeds; by generation +0.025 vs +0.020 at 0, +0.017 at 1).
         logs: trajectory logs (JSONL) whose episodes on the training queries are added to the data.
         seed: seeds the exploration, the folds and the network init.
         chosen_epochs, chosen_penalty: what cross-validation chose (set by ``fit``, kept in the config).
@@ -163,7 +165,7 @@ class ListwiseAgent(Agent):
         """A fresh model: it selects exactly as kNN does (the ranker's ties go to the kNN set)."""
         if self.model == "linear":
             outputs = torch.as_tensor(embed_field(env.encoder, env.pool, "output"))
-            return SetRanker(example_views(env.encoder, env.pool), outputs)
+            return SetRanker(example_views(env.encoder, env.pool), outputs, env.m)
         torch.manual_seed(self.seed)
         keys = torch.as_tensor(embed_examples(env.encoder, env.pool, with_output=False))
         return MatchingNetwork(keys, env.m, self.hidden, self.temperature, knn_init=True)
@@ -329,7 +331,8 @@ class ListwiseAgent(Agent):
         self.net.eval()
         return mean_gain
 
-    def _trained(self, single: PillowMatchEnv, batches: dict[str, Any], settings: list, table: torch.Tensor):
+    def _trained(self, single: PillowMatchEnv, batches: dict[str, Any], settings: list,
+                 table: torch.Tensor) -> Iterator[SetRanker | MatchingNetwork]:
         """The model trained on ``batches`` under each setting, in turn: a fresh linear ranker per penalty
         (a convex problem, solved by L-BFGS), or one matching network after each further epoch."""
         if self.model == "linear":
@@ -372,7 +375,8 @@ class ListwiseAgent(Agent):
             chunk = queries[lo:lo + 64]
             candidates = {}
             for q in chunk:
-                candidates[q] = sorted(set(self._sets(single, q)) - set(data[q]))
+                # nearest sets first, so score ties (an untrained linear ranker's) go to them
+                candidates[q] = [c for c in self._sets(single, q) if c not in data[q]]
             chunk = [q for q in chunk if candidates[q]]
             if not chunk:
                 continue
@@ -544,7 +548,7 @@ class ListwiseAgent(Agent):
     # -- persistence -----------------------------------------------------------------------------
 
     def _save_weights(self, path: Path) -> None:
-        (save_ranker if isinstance(self.net, SetRanker) else save_network)(self.net, path, self.history)
+        (save_ranker if self.model == "linear" else save_network)(self.net, path, self.history)
 
     def _load_weights(self, path: Path, trusted: bool = False) -> None:
         if self.model == "linear":

@@ -53,7 +53,7 @@ def _trained_m(agent: Agent) -> int | None:
     """How many exemplars a learned agent was trained to pick (its network fixes it), if it says."""
     net = getattr(agent, "net", None)
     if net is not None:
-        return getattr(net, "m", None)  # the listwise agent's linear ranker scores sets of any size
+        return int(net.m)
     space = getattr(getattr(agent, "model", None), "observation_space", None)  # an SB3 model's
     return None if space is None else int(space["chosen"].shape[0])
 

@@ -17,9 +17,10 @@ joint embedding kNN uses mixes what the task is (the instruction) with what it i
 input); weighing the two apart is the largest single gain, and which pool entries make good
 exemplars whatever the query is the second (per-entry advantages measured on two disjoint halves of
 the training queries correlate at 0.62). Judged by the generation reward, though, it is no better
-than the network (README), which is why it is an option, not the default. Scores are logits of a softmax over a query's sets (the same
-units as the matching network's set log-probabilities). Symmetric in the members, so it scores a
-set, not an order; a partial set is scored the same way (coherence 0 below two members).
+than the network (README), which is why it is an option, not the default. Scores are logits of a
+softmax over a query's sets (the same units as the matching network's set log-probabilities).
+Symmetric in the members, so it scores a set, not an order; a partial set is scored the same way
+(coherence 0 below two members).
 """
 
 from __future__ import annotations
@@ -54,12 +55,15 @@ class SetRanker(nn.Module):
     Args:
         pool_views: (K, 3, d) the pool's views (:func:`example_views`).
         pool_outputs: (K, d) embeddings of the pool's answers.
+        m: the set size it is trained on (saved with it; it can score sets of any size).
     """
 
-    def __init__(self, pool_views: torch.Tensor, pool_outputs: torch.Tensor) -> None:
+    def __init__(self, pool_views: torch.Tensor, pool_outputs: torch.Tensor, m: int) -> None:
         super().__init__()
+        self.m = m
         self.register_buffer("pool_views", pool_views.detach().float().clone())
         self.register_buffer("pool_outputs", pool_outputs.detach().float().clone())
+        self.register_buffer("set_size", torch.tensor(m))
         self.weights = nn.Parameter(torch.zeros(len(FEATURES)))
         self.entry_bias = nn.Parameter(torch.zeros(pool_views.shape[0]))
 
@@ -69,7 +73,7 @@ class SetRanker(nn.Module):
         similarity = torch.einsum("nwmvd,nvd->nwv", members, query_views)
         size = picks.shape[-1]
         pairs = [(i, j) for i in range(size) for j in range(i + 1, size)]
-        coherence = torch.zeros(picks.shape[:2] + (2,))
+        coherence = members.new_zeros(picks.shape[:2] + (2,))
         for i, j in pairs:
             coherence[..., 0] += (members[..., i, 0, :] * members[..., j, 0, :]).sum(-1)
             coherence[..., 1] += (self.pool_outputs[picks[..., i]] * self.pool_outputs[picks[..., j]]).sum(-1)
@@ -94,7 +98,7 @@ def save_ranker(ranker: SetRanker | None, folder: Path, history: list) -> None:
 def load_ranker(folder: Path) -> tuple[SetRanker, list]:
     """A saved ranker and its history; the pool's embeddings come with the weights."""
     state = load_file(str(folder / RANKER_WEIGHTS))
-    ranker = SetRanker(state["pool_views"], state["pool_outputs"])
+    ranker = SetRanker(state["pool_views"], state["pool_outputs"], int(state["set_size"]))
     ranker.load_state_dict(state)
     history = folder / "history.json"
     return ranker.eval(), json.loads(history.read_text()) if history.is_file() else []

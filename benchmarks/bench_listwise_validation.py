@@ -112,7 +112,7 @@ def main() -> None:
 
     rows, first = [], None
     for variant in variants:
-        per_margin: dict[float, list[np.ndarray]] = {margin: [] for margin in margins}
+        per_margin: dict[float | None, list[np.ndarray]] = {margin: [] for margin in margins}
         for seed in seeds:
             kwargs = {"seed": seed, **variant}
             agent = _agent_class(kwargs.pop("cls", None))(**kwargs)
@@ -140,9 +140,10 @@ def main() -> None:
             mean = paired_bootstrap(averaged)
             first = averaged if first is None else first
             versus = paired_bootstrap(averaged - first)  # paired against the first variant and margin
-            rows.append({"variant": variant, "margin": margin, "seed": "mean", "gain_vs_knn": mean,
+            label = "own" if margin is None else margin  # None: each agent's own (default) margin
+            rows.append({"variant": variant, "margin": label, "seed": "mean", "gain_vs_knn": mean,
                          "vs_first": versus})
-            print(f"{json.dumps(variant)} margin {margin} mean over seeds: {mean['mean']:+.4f} [{mean['low']:+.4f}, "
+            print(f"{json.dumps(variant)} margin {label} mean over seeds: {mean['mean']:+.4f} [{mean['low']:+.4f}, "
                   f"{mean['high']:+.4f}]; vs the first: {versus['mean']:+.4f} [{versus['low']:+.4f}, "
                   f"{versus['high']:+.4f}]")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,9 +27,9 @@ class EnsembleListwise(ListwiseAgent):
         self.nets: list[MatchingNetwork] = []
 
     def _cross_validate_and_train(self, single: PillowMatchEnv, data: dict, rng: np.random.Generator,
-                                  progress: bool) -> np.ndarray:
+                                  progress: bool) -> dict[str, np.ndarray]:
         self.nets = []
-        mean_gain = super()._cross_validate_and_train(single, data, rng, progress)
+        gains = super()._cross_validate_and_train(single, data, rng, progress)
         _, usable = self._knn_and_usable(single, data)
         table = torch.as_tensor(single.pool_embeddings)
         everything = self._tensors(single, {q: data[q] for q in usable})
@@ -44,11 +44,11 @@ class EnsembleListwise(ListwiseAgent):
                     self._epoch(net, optimizer, everything, table)
             nets.append(net.eval())
         self.nets = nets
-        return mean_gain
+        return gains
 
-    def _sequence_logprob(self, batch: dict[str, Any], table: torch.Tensor,
-                          net: MatchingNetwork | None = None) -> torch.Tensor:
+    def _set_scores(self, batch: dict[str, Any], table: torch.Tensor,
+                    net: MatchingNetwork | None = None) -> torch.Tensor:
         if net is None and self.nets:
-            return torch.stack([super(EnsembleListwise, self)._sequence_logprob(batch, table, n)
+            return torch.stack([super(EnsembleListwise, self)._set_scores(batch, table, n)
                                 for n in self.nets]).mean(0)
-        return super()._sequence_logprob(batch, table, net)
+        return super()._set_scores(batch, table, net)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents import Budget, DPPAgent, KNNAgent, ListwiseAgent, MMRAgent, make_agent
+from agents import Agent, Budget, DPPAgent, KNNAgent, ListwiseAgent, MMRAgent, make_agent
 from agents.set_ranker import SetRanker
 from pillow_env import Example, builtin_suite
 from pillow_env.engine import RewardEngine
@@ -205,11 +205,16 @@ def test_listwise_linear_ranker_learns_which_exemplars_help_every_query(hash_enc
     assert hits(agent.select_many(env, everything)) >= 0.9 > hits(KNNAgent().select_many(env, everything))
     assert log["chosen_penalty"] in agent.penalties and log["validation_gain"]["low"] > 0
     agent.save(tmp_path / "ranker")
-    loaded = make_agent("knn").load(tmp_path / "ranker")
+    loaded = Agent.load(tmp_path / "ranker")
     assert isinstance(loaded.net, SetRanker)
     assert loaded.select_many(env, everything) == agent.select_many(env, everything)
     monkeypatch.setattr("agents.listwise.MAX_ENUMERATED_SETS", 0)  # too many sets: one member at a time
     assert hits(agent.select_many(env, everything)) >= 0.9
+    monkeypatch.undo()
+    # a second round on the ranker's own top unscored sets: the budget is kept, and learning still works
+    refined = ListwiseAgent(candidates=12, seed=0, signal="env", model="linear", refine=0.5)
+    log = refined.fit(venv, Budget(generations=400), progress=False)
+    assert log["episodes"] == log["scored_sets"] <= 400 and hits(refined.select_many(env, everything)) >= 0.9
     with pytest.raises(ValueError, match="penalties must be"):
         ListwiseAgent(penalties=[0.0])
 
