@@ -241,7 +241,7 @@ class ListwiseAgent(Agent):
         assert self.net is not None
         shortlist = self._shortlist(env, query_index)
         if isinstance(self.net, SetRanker):  # add the member that scores the partial set highest, m times
-            views, chosen = example_views(env.encoder, env.queries)[[query_index]], []
+            views, chosen = example_views(env.encoder, env.queries, [query_index]), []
             with torch.no_grad():
                 for _ in range(env.m):
                     rest = [int(i) for i in shortlist if int(i) not in chosen]
@@ -519,7 +519,7 @@ class ListwiseAgent(Agent):
         batch = {"picks": picks, "rewards": rewards, "valid": valid, "allowed": allowed, "queries": queries,
                  "queries_index": [q for q, _ in rows], "sets": [sets for _, sets in rows]}
         if self.model == "linear":  # the ranker's side of the queries
-            batch["views"] = example_views(env.encoder, env.queries)[[q for q, _ in rows]]
+            batch["views"] = example_views(env.encoder, env.queries, [q for q, _ in rows])
         return batch
 
     def _set_scores(self, batch: dict[str, Any], table: torch.Tensor | None,

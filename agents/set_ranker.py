@@ -42,11 +42,12 @@ FEATURES = ("similarity", "instruction_similarity", "input_similarity", "coheren
 RANKER_WEIGHTS = "set_ranker.safetensors"
 
 
-def example_views(encoder: Encoder, examples) -> torch.Tensor:
-    """(N, 3, d): each example's instruction + input, instruction alone and input alone, embedded."""
+def example_views(encoder: Encoder, examples, rows: list[int] | None = None) -> torch.Tensor:
+    """(N, 3, d): each example's instruction + input, instruction alone and input alone, embedded
+    (memoised for all ``examples``; only ``rows`` of them, in that order, if given)."""
     views = [embed_examples(encoder, examples, with_output=False), embed_field(encoder, examples, "instruction"),
              embed_field(encoder, examples, "input")]
-    return torch.as_tensor(np.stack(views, axis=1))
+    return torch.as_tensor(np.stack([v if rows is None else v[rows] for v in views], axis=1))
 
 
 class SetRanker(nn.Module):

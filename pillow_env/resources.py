@@ -8,7 +8,7 @@ designs does not arise.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,27 +63,26 @@ def forget_embeddings() -> None:
     _EMBEDDINGS.clear()
 
 
-def embed_examples(encoder: Encoder, examples: Sequence[Example], *, with_output: bool) -> np.ndarray:
-    """Embeddings of examples (query side: instruction + input; pool side: plus the answer), memoised."""
-    key = repr((getattr(encoder, "name", repr(encoder)), examples_fingerprint(examples), with_output))
+def _memoised(encoder: Encoder, examples: Sequence[Example], what: Any, text: Callable[[Example], str]) -> np.ndarray:
+    key = repr((getattr(encoder, "name", repr(encoder)), examples_fingerprint(examples), what))
     found = _EMBEDDINGS.get(key)
     if found is None:
-        texts = [user_text(e) + ("\n" + e.output if with_output else "") for e in examples]
-        found = np.ascontiguousarray(encoder.encode(texts), dtype=np.float32)
+        found = np.ascontiguousarray(encoder.encode([text(e) for e in examples]), dtype=np.float32)
         _EMBEDDINGS.put(key, found)
     return found
+
+
+def embed_examples(encoder: Encoder, examples: Sequence[Example], *, with_output: bool) -> np.ndarray:
+    """Embeddings of examples (query side: instruction + input; pool side: plus the answer), memoised."""
+    return _memoised(encoder, examples, with_output,
+                     lambda e: user_text(e) + ("\n" + e.output if with_output else ""))
 
 
 def embed_field(encoder: Encoder, examples: Sequence[Example], field: str) -> np.ndarray:
     """Embeddings of one field of examples (``instruction``, ``input`` or ``output``), memoised."""
     if field not in ("instruction", "input", "output"):
         raise ValueError(f"embed_field: field must be instruction, input or output, got {field!r}")
-    key = repr((getattr(encoder, "name", repr(encoder)), examples_fingerprint(examples), field))
-    found = _EMBEDDINGS.get(key)
-    if found is None:
-        found = np.ascontiguousarray(encoder.encode([getattr(e, field) or "" for e in examples]), dtype=np.float32)
-        _EMBEDDINGS.put(key, found)
-    return found
+    return _memoised(encoder, examples, field, lambda e: getattr(e, field) or "")
 
 
 def resolve_cache_path(cache_path: str | Path | None) -> str | None:
