@@ -14,7 +14,8 @@ from typing import Any
 
 from pillow_env.data import DataError, Example, load_examples
 from pillow_env.encoder import Encoder, load_encoder
-from pillow_env.env import ExampleSource, PillowMatchEnv, _examples
+from pillow_env.data import ExampleSource, resolve_examples
+from pillow_env.env import PillowMatchEnv
 from pillow_env.prompts import PromptRenderer
 from pillow_env.resources import DEFAULT_MODEL
 
@@ -63,7 +64,8 @@ class Selector:
 
     Args:
         agent: any registered agent (baselines included: a kNN is a valid selector).
-        pool: the exemplar pool the agent was trained on: ``"builtin"``, a dataset file or examples.
+        pool: the exemplar pool the agent was trained on: a built-in suite (``"builtin"``, ``"t0"``), a
+            dataset file or examples (repeated records dropped, as the env does).
             Learned agents refuse another pool.
         shots: exemplars per query; learned agents use the ``m`` they were trained with.
         model: the model whose prompt template renders the prompt (only its tokenizer is loaded).
@@ -76,7 +78,7 @@ class Selector:
                  model: str = DEFAULT_MODEL, encoder: str | Encoder = "minilm", candidates: int | None = None,
                  renderer: PromptRenderer | None = None, suite_seed: int = 0) -> None:
         self.agent = agent
-        self.pool = _examples(pool, "pool", "train", suite_seed)
+        self.pool = resolve_examples(pool, "pool", seed=suite_seed)
         trained = _trained_m(agent)
         if shots is not None and trained is not None and shots != trained:
             raise ValueError(f"shots={shots}, but this {agent.name} agent was trained to pick {trained}")

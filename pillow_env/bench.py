@@ -6,7 +6,8 @@ All agents share one LLM, one reward engine and one disk cache (``OUT/cache.sqli
 evaluation always uses the generation-based ``PillowReward``. Each agent is compared with a
 reference agent (kNN by default) on the same test queries: mean difference and 95% paired
 bootstrap interval. ``results.json`` is rewritten after each agent: an interrupted run keeps every
-finished agent and, re-run with the same settings, skips them.
+finished agent and, re-run with the same settings, skips them. ``splits=K`` runs all of that on K
+seeded re-splits of a built-in suite and pools the paired differences (``pool_splits``).
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .data import Example, examples_fingerprint, load_examples
-from .suite import builtin_suite
+from .data import Example, examples_fingerprint, resolve_examples
 
-__all__ = ["BenchConfig", "run_bench", "load_split"]
+__all__ = ["BenchConfig", "run_bench", "pool_splits"]
 
 METRICS = ("reward", "rouge_l", "semantic", "exact_match")
 
@@ -46,16 +46,7 @@ class BenchConfig:
     candidates: int | None = None
     train_reward: str = "pillow"
     reference: str = "knn"
-
-
-def load_split(source: str, part: str, seed: int) -> list[Example]:
-    """``builtin`` -> that part of the built-in suite; anything else is a dataset file."""
-    if source == "builtin":
-        return getattr(builtin_suite(seed), part)
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"--{part}: file not found: {path}")
-    return load_examples(path)
+    splits: int = 1
 
 
 def _settings(config: BenchConfig, pool: list[Example], train: list[Example], test: list[Example]) -> dict[str, Any]:
@@ -82,9 +73,11 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
         raise ValueError(f"unknown agent(s) {', '.join(unknown)}; valid agents: {', '.join(AGENTS)}")
     if config.train_reward not in ("pillow", "loglik"):
         raise ValueError(f"train_reward must be 'pillow' or 'loglik', got {config.train_reward!r}")
-    pool = load_split(config.pool, "pool", config.seed)
-    train = load_split(config.train, "train", config.seed)
-    test = load_split(config.test, "test", config.seed)
+    if config.splits > 1:
+        return _run_splits(config, progress=progress)
+    pool = resolve_examples(config.pool, "pool", seed=config.seed, what="--pool")
+    train = resolve_examples(config.train, "train", seed=config.seed, what="--train")
+    test = resolve_examples(config.test, "test", seed=config.seed, what="--test")
     if config.test_limit is not None:
         test = test[:config.test_limit]
     # Everything that can be wrong is checked here, before the model loads and before any agent runs.
@@ -185,6 +178,64 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     print(results_table(results))
     print(f"wrote {results_path}, {out / 'results.md'}, {out / 'curves.png'}")
     return results
+
+
+def _run_splits(config: BenchConfig, *, progress: bool) -> dict[str, Any]:
+    """One bench per seeded re-split of a built-in suite (``OUT/split-SEED``), then the pooled comparison."""
+    from .suite import SUITES
+
+    if not (config.pool == config.train == config.test and config.pool in SUITES):
+        raise ValueError(f"--splits re-splits a built-in suite ({', '.join(SUITES)}): give one --suite, not files "
+                         f"(got --pool {config.pool}, --train {config.train}, --test {config.test})")
+    out = Path(config.out)
+    cache = config.cache or str(out / "cache.sqlite")  # one cache for every split
+    runs = [run_bench(replace(config, seed=seed, splits=1, out=str(out / f"split-{seed}"), cache=cache),
+                      progress=progress) for seed in range(config.seed, config.seed + config.splits)]
+    summary = pool_splits(runs, config.reference)
+    _write_json(out / "results.json", summary)
+    (out / "results.md").write_text(pooled_table(summary))
+    print(pooled_table(summary))
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'} (each split under {out}/split-SEED)")
+    return summary
+
+
+def pool_splits(runs: list[dict[str, Any]], reference: str) -> dict[str, Any]:
+    """Per-split rewards and one paired difference per agent over all splits' test queries, with a 95%
+    bootstrap interval resampled within splits."""
+    from .stats import paired_bootstrap
+
+    names = [n for n in runs[0]["agents"] if all(n in r["agents"] for r in runs)]
+    pooled: dict[str, Any] = {}
+    if all(reference in r["agents"] for r in runs):
+        for name in names:
+            diffs, strata = [], []
+            for k, run in enumerate(runs):
+                ref = {q["query_index"]: q["reward"] for q in run["agents"][reference]["per_query"]}
+                for q in run["agents"][name]["per_query"]:
+                    diffs.append(q["reward"] - ref[q["query_index"]])
+                    strata.append(k)
+            pooled[name] = paired_bootstrap(diffs, strata=strata)
+    return {"settings": {**runs[0]["settings"], "seeds": [r["settings"]["seed"] for r in runs]},
+            "reference": reference if pooled else None,
+            "splits": [{"seed": r["settings"]["seed"], "reward": {n: r["agents"][n]["reward"] for n in names},
+                        "paired": {n: r.get("paired", {}).get(n) for n in names}} for r in runs],
+            "reward": {n: float(sum(r["agents"][n]["reward"] for r in runs) / len(runs)) for n in names},
+            "pooled": pooled}
+
+
+def pooled_table(summary: dict[str, Any]) -> str:
+    reference, seeds = summary["reference"], summary["settings"]["seeds"]
+    lines = [f"{len(seeds)} splits (seeds {', '.join(map(str, seeds))}), "
+             f"model `{summary['settings']['model']}`, {summary['settings']['shots']} shots.", "",
+             "| agent | " + " | ".join(f"split {s}" for s in seeds) +
+             f" | mean | pooled vs {reference or 'reference'} [95% CI] | paired queries |",
+             "|---|" + "---|" * (len(seeds) + 3)]
+    for name, mean in summary["reward"].items():
+        d = summary["pooled"].get(name)
+        paired = f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d and name != reference else "-"
+        cells = " | ".join(f"{s['reward'][name]:.3f}" for s in summary["splits"])
+        lines.append(f"| {name} | {cells} | {mean:.3f} | {paired} | {d['n'] if d else '-'} |")
+    return "\n".join(lines) + "\n"
 
 
 def add_paired(results: dict[str, Any], reference: str) -> None:

@@ -37,9 +37,26 @@ def _agent_kwargs(text: str) -> dict:
 
 
 def _source(text: str) -> str:
-    if text != "builtin" and not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"file not found: {text} (or use 'builtin')")
+    from .suite import SUITES
+
+    if text not in SUITES and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"file not found: {text} (or a built-in suite: {', '.join(SUITES)})")
     return text
+
+
+def _suite(text: str) -> str:
+    from .suite import SUITES
+
+    if text not in SUITES:
+        raise argparse.ArgumentTypeError(f"unknown suite {text!r}; built-in suites: {', '.join(SUITES)}")
+    return text
+
+
+def _sources(args: argparse.Namespace, *names: str) -> None:
+    """``--suite S`` stands for ``--pool S --train S --test S``; an explicit file overrides it."""
+    for name in names:
+        if getattr(args, name) is None:
+            setattr(args, name, args.suite)
 
 
 def _positive(text: str) -> int:
@@ -58,14 +75,16 @@ def _add_training(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data(p: argparse.ArgumentParser, *, test: bool = True) -> None:
-    p.add_argument("--pool", type=_source, default="builtin", help="exemplar pool file, or 'builtin'")
-    p.add_argument("--train", type=_source, default="builtin", help="training queries file, or 'builtin'")
+    p.add_argument("--suite", type=_suite, default="builtin",
+                   help="built-in suite for every part not given as a file: 'builtin' or 't0'")
+    p.add_argument("--pool", type=_source, default=None, help="exemplar pool file, or a built-in suite")
+    p.add_argument("--train", type=_source, default=None, help="training queries file, or a built-in suite")
     if test:
-        p.add_argument("--test", type=_source, default="builtin", help="held-out queries file, or 'builtin'")
+        p.add_argument("--test", type=_source, default=None, help="held-out queries file, or a built-in suite")
     p.add_argument("--shots", type=_positive, default=2, help="exemplars per query (m)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="HF causal LM name/path or alias")
     p.add_argument("--adapter", default=None, help="peft LoRA adapter folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the agents; also re-splits a built-in suite")
     p.add_argument("--max-new-tokens", type=_positive, default=24)
 
 
@@ -73,29 +92,30 @@ def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
     run_demo(args.model, shots=args.shots, queries=args.queries, seed=args.seed,
-             max_new_tokens=args.max_new_tokens, out=args.out)
+             max_new_tokens=args.max_new_tokens, out=args.out, suite=args.suite)
 
 
 def _bench(args: argparse.Namespace) -> None:
     from .bench import BenchConfig, run_bench
 
+    _sources(args, "pool", "train", "test")
     run_bench(BenchConfig(pool=args.pool, train=args.train, test=args.test, agents=args.agents, shots=args.shots,
                           model=args.model, adapter=args.adapter, episodes=args.episodes, seed=args.seed,
                           out=str(args.out), cache=args.cache, num_envs=args.num_envs,
                           max_new_tokens=args.max_new_tokens, test_limit=args.test_limit,
                           agent_kwargs=args.agent_kwargs, candidates=args.candidates,
-                          train_reward=args.train_reward, reference=args.reference))
+                          train_reward=args.train_reward, reference=args.reference, splits=args.splits))
 
 
 def _engine_and_envs(args: argparse.Namespace, queries_source: str, part: str, signal: str = "pillow"):
-    from .bench import load_split
+    from .data import resolve_examples
     from .encoder import load_encoder
     from .engine import RewardEngine
     from .resources import shared_backend
     from .rewards import PillowReward
 
-    pool = load_split(args.pool, "pool", args.seed)
-    queries = load_split(queries_source, part, args.seed)
+    pool = resolve_examples(args.pool, "pool", seed=args.seed, what="--pool")
+    queries = resolve_examples(queries_source, part, seed=args.seed, what=f"--{part}")
     encoder = load_encoder("minilm")
     engine = RewardEngine(shared_backend(args.model, args.adapter), PillowReward(encoder=encoder),
                           max_new_tokens=args.max_new_tokens, cache_path=args.cache,
@@ -109,6 +129,7 @@ def _inspect(args: argparse.Namespace) -> None:
     from .env import PillowMatchEnv
     from .prompts import user_text
 
+    _sources(args, "pool", "queries")
     pool, queries, encoder, engine = _engine_and_envs(args, args.queries, "test")
     if not 0 <= args.query_index < len(queries):
         raise SystemExit(f"--query-index must be in [0, {len(queries)}), got {args.query_index}")
@@ -131,6 +152,7 @@ def _train_agent(args: argparse.Namespace) -> None:
 
     from .vector import PillowMatchVectorEnv
 
+    _sources(args, "pool", "train")
     pool, queries, encoder, engine = _engine_and_envs(args, args.train, "train", signal=args.train_reward)
     venv = PillowMatchVectorEnv(args.num_envs, pool=pool, queries=queries, m=args.shots, engine=engine,
                                 encoder=encoder, candidates=args.candidates)
@@ -144,9 +166,9 @@ def _train_agent(args: argparse.Namespace) -> None:
 def _train_backbone(args: argparse.Namespace) -> None:
     from .training import TrainConfig, train_lora
 
-    from .bench import load_split
+    from .data import resolve_examples
 
-    data = load_split(args.data, "train", args.seed)
+    data = resolve_examples(args.data, "train", seed=args.seed, what="--data")
     train_lora(args.model, data, TrainConfig(plw=args.plw, epochs=args.epochs, lr=args.lr,
                                              batch_size=args.batch_size, grad_accum=args.grad_accum,
                                              max_length=args.max_length, seed=args.seed, lora_r=args.lora_r,
@@ -205,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default=DEFAULT_MODEL, help="HF causal LM name/path or alias")
     demo.add_argument("--shots", type=_positive, default=2)
     demo.add_argument("--queries", type=_positive, default=None, help="first N test queries (default: all)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="built-in suite split and random exemplars")
+    demo.add_argument("--suite", type=_suite, default="builtin", help="built-in suite: 'builtin' or 't0'")
     demo.add_argument("--max-new-tokens", type=_positive, default=24)
     demo.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     demo.set_defaults(func=_demo)
@@ -224,11 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help='per-agent constructor arguments as JSON, e.g. \'{"reinforce": {"lr": 0.001}}\'')
     bench.add_argument("--reference", type=_agent_name, default="knn",
                        help="agent every other is compared with (paired bootstrap interval)")
+    bench.add_argument("--splits", type=_positive, default=1,
+                       help="K seeded re-splits of a built-in suite (seeds SEED..SEED+K-1): every agent is trained "
+                            "and tested on each, and the paired differences are pooled")
     bench.set_defaults(func=_bench)
 
     insp = sub.add_parser("inspect", help="one query, one agent: exemplars, prompt, generation, reward")
     _add_data(insp, test=False)
-    insp.add_argument("--queries", type=_source, default="builtin", help="queries file, or 'builtin' (test split)")
+    insp.add_argument("--queries", type=_source, default=None, help="queries file, or a built-in suite (its test split)")
     insp.add_argument("--query-index", type=int, default=0)
     insp.add_argument("--agent", type=_agent_name, default="knn")
     insp.add_argument("--load", default=None, help="a saved agent folder (overrides --agent)")
@@ -251,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     tra.set_defaults(func=_train_agent)
 
     trb = sub.add_parser("train-backbone", help="prompt-loss-weighted LoRA fine-tuning of the LLM")
-    trb.add_argument("--data", type=_source, default="builtin", help="training file, or 'builtin' (train split)")
+    trb.add_argument("--data", type=_source, default="builtin", help="training file, or a built-in suite (its train split)")
     trb.add_argument("--model", default=DEFAULT_MODEL)
     trb.add_argument("--plw", type=float, default=0.1, help="prompt-loss weight in [0, 1]")
     trb.add_argument("--epochs", type=float, default=1.0)
@@ -266,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     trb.set_defaults(func=_train_backbone)
     sel = sub.add_parser("select", help="a saved agent picks exemplars for new queries (no LLM is loaded)")
     sel.add_argument("--agent-dir", required=True, help="a saved agent folder (train-agent / bench output)")
-    sel.add_argument("--pool", type=_source, default="builtin", help="the pool the agent was trained on")
+    sel.add_argument("--pool", type=_source, default="builtin", help="the pool the agent was trained on (file or built-in suite)")
     sel.add_argument("--queries", required=True,
                      help="JSON/JSONL file of queries (instruction, optional input), or - to stream JSONL from stdin")
     sel.add_argument("--out", default="-", help="JSONL output file (default: stdout)")
@@ -274,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--model", default=DEFAULT_MODEL, help="whose prompt template to render (tokenizer only)")
     sel.add_argument("--candidates", type=_positive, default=None)
     sel.add_argument("--batch-size", type=_positive, default=256)
-    sel.add_argument("--seed", type=int, default=0, help="built-in suite seed (with --pool builtin)")
+    sel.add_argument("--seed", type=int, default=0, help="built-in suite split seed (with a built-in --pool)")
     sel.add_argument("--trust-pickle", action="store_true",
                      help="allow loading an SB3 agent's model.zip (a pickle: only for folders you made)")
     sel.set_defaults(func=_select)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +18,15 @@ from typing import Any, Literal
 __all__ = [
     "DataError",
     "Example",
+    "ExampleSource",
     "FORMATS",
     "LoadReport",
     "load_examples",
     "parse_record",
     "split_examples",
     "examples_fingerprint",
+    "resolve_examples",
+    "unique_pool",
 ]
 
 
@@ -203,8 +207,6 @@ def load_examples(
             report.errors.append(str(err))
     report.loaded = len(examples)
     if report.skipped:
-        import warnings
-
         warnings.warn(f"{path}: skipped {report.skipped} malformed record(s); first: {report.errors[0]}",
                       stacklevel=2)
     if not examples:
@@ -255,3 +257,55 @@ def examples_fingerprint(examples: Iterable[Example]) -> str:
     for ex in examples:
         h.update(json.dumps([ex.instruction, ex.input, ex.output], ensure_ascii=False).encode())
     return h.hexdigest()[:16]
+
+
+ExampleSource = str | Path | Sequence[Example] | Sequence[Mapping[str, Any]]
+_PARTS = ("pool", "train", "test")
+
+
+def resolve_examples(source: ExampleSource, part: str, *, seed: int = 0, what: str | None = None) -> list[Example]:
+    """The one way a pool or query set is named: a built-in suite, a dataset file, or examples.
+
+    Args:
+        source: a built-in suite's name (``"builtin"``, ``"t0"``: its ``part``, split by ``seed``),
+            a dataset file, or a sequence of :class:`Example` or of records (dicts).
+        part: ``"pool"``, ``"train"`` or ``"test"``. A pool is de-duplicated (:func:`unique_pool`), so
+            every user of a pool (env, selector, agents' fingerprints) indexes the same list.
+        what: the name errors use (default: ``part``), e.g. an argument's name.
+    """
+    from .suite import SUITES, load_suite
+
+    if part not in _PARTS:
+        raise ValueError(f"part must be one of {', '.join(_PARTS)}, got {part!r}")
+    what = what or part
+    if isinstance(source, str) and source in SUITES:
+        examples = getattr(load_suite(source, seed), part)
+    elif isinstance(source, (str, Path)):
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"{what}: file not found: {source} (or a built-in suite: {', '.join(SUITES)})")
+        examples = load_examples(source)
+    else:
+        examples = [e if isinstance(e, Example) else parse_record(e, f"{what}[{i}]") if isinstance(e, Mapping) else e
+                    for i, e in enumerate(source)]
+        if not examples or not all(isinstance(e, Example) for e in examples):
+            raise TypeError(f"{what} must be a built-in suite ({', '.join(SUITES)}), a dataset path or a non-empty "
+                            "sequence of Example (or of records: dicts with instruction/input/output)")
+    return unique_pool(examples, what) if part == "pool" else list(examples)
+
+
+def unique_pool(pool: Sequence[Example], what: str = "pool") -> list[Example]:
+    """The pool without repeated records (a repeat would let an agent show one exemplar twice)."""
+    first: dict[tuple[str, str, str], int] = {}
+    repeats = []
+    for i, e in enumerate(pool):
+        key = (e.instruction, e.input, e.output)
+        if key in first:
+            repeats.append((i, first[key]))
+        else:
+            first[key] = i
+    if not repeats:
+        return list(pool)
+    i, j = repeats[0]
+    warnings.warn(f"{what}: dropped {len(repeats)} repeated record(s) (e.g. record {i} repeats record {j}); pool "
+                  f"indices refer to the {len(first)} distinct records", stacklevel=3)
+    return [pool[i] for i in sorted(first.values())]

@@ -1,6 +1,6 @@
 """The README's main job (for now): how much do the right exemplars help a small LLM?
 
-Runs the built-in suite's test queries through the real defaults (SmolLM2 + MiniLM) three ways:
+Runs a built-in suite's test queries (``builtin`` by default, or ``t0``) through the real defaults (SmolLM2 + MiniLM) three ways:
 no exemplars, ``shots`` random pool exemplars, and ``shots`` pool exemplars of the query's own task.
 """
 
@@ -19,7 +19,7 @@ from .backends.hf import Backbone
 from .data import Example
 from .engine import RewardEngine
 from .rewards import PillowReward
-from .suite import builtin_suite
+from .suite import load_suite
 
 Selector = Callable[[Example], list[Example]]
 
@@ -35,8 +35,9 @@ def score_selections(engine: RewardEngine, queries: Sequence[Example], selection
 
 
 def run_demo(model: str = "smollm2-135m-instruct", *, shots: int = 2, queries: int | None = None,
-             seed: int = 0, max_new_tokens: int = 24, out: Path | None = None) -> dict[str, dict[str, float]]:
-    suite = builtin_suite(seed)
+             seed: int = 0, max_new_tokens: int = 24, out: Path | None = None,
+             suite: str = "builtin") -> dict[str, dict[str, float]]:
+    suite = load_suite(suite, seed)
     test = suite.test if queries is None else suite.test[:queries]
     by_task: dict[str | None, list[Example]] = {}
     for ex in suite.pool:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,55 +11,17 @@ import numpy as np
 from gymnasium import spaces
 
 from .cache import check_cache_path
-from .data import Example, load_examples, parse_record
+from .data import Example, ExampleSource, resolve_examples
 from .encoder import Encoder, load_encoder
 from .engine import RewardEngine, ScoredGeneration
 from .prompts import user_text
 from .resources import (DEFAULT_MODEL, embed_examples, resolve_cache_path, set_threads, shared_backend,
                         shared_engine)
 from .rewards import PillowReward
-from .suite import builtin_suite
 
 __all__ = ["PillowMatchEnv", "Request"]
 
 Request = tuple[list[Example], Example]
-ExampleSource = str | Path | Sequence[Example] | Sequence[Mapping[str, Any]]
-
-
-def _examples(source: ExampleSource, what: str, split: str, suite_seed: int) -> list[Example]:
-    if isinstance(source, str) and source == "builtin":
-        suite = builtin_suite(suite_seed)
-        if what == "pool":
-            return suite.pool
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test' for the built-in suite, got {split!r}")
-        return getattr(suite, split)
-    if isinstance(source, (str, Path)):
-        return load_examples(source)
-    examples = [e if isinstance(e, Example) else parse_record(e, f"{what}[{i}]") if isinstance(e, Mapping) else e
-                for i, e in enumerate(source)]
-    if not examples or not all(isinstance(e, Example) for e in examples):
-        raise TypeError(f"{what} must be 'builtin', a dataset path or a non-empty sequence of Example "
-                        "(or of records: dicts with instruction/input/output)")
-    return examples
-
-
-def _unique(pool: list[Example]) -> list[Example]:
-    """The pool without repeated records (a repeat would let an agent show one exemplar twice)."""
-    first: dict[tuple[str, str, str], int] = {}
-    repeats = []
-    for i, e in enumerate(pool):
-        key = (e.instruction, e.input, e.output)
-        if key in first:
-            repeats.append((i, first[key]))
-        else:
-            first[key] = i
-    if not repeats:
-        return pool
-    i, j = repeats[0]
-    warnings.warn(f"pool: dropped {len(repeats)} repeated record(s) (e.g. record {i} repeats record {j}); pool "
-                  f"indices refer to the {len(first)} distinct records", stacklevel=3)
-    return [pool[i] for i in sorted(first.values())]
 
 
 class PillowMatchEnv(gym.Env):
@@ -107,8 +68,8 @@ class PillowMatchEnv(gym.Env):
 
     | argument | default | meaning |
     |---|---|---|
-    | ``pool`` | ``"builtin"`` | exemplar pool: ``"builtin"``, a dataset file, or a list of ``Example`` or of records (dicts) |
-    | ``queries`` | ``"builtin"`` | queries, likewise (the built-in suite's ``split``) |
+    | ``pool`` | ``"builtin"`` | exemplar pool: a built-in suite (``"builtin"``, ``"t0"``), a dataset file, or a list of ``Example`` or of records (dicts); repeats are dropped |
+    | ``queries`` | ``"builtin"`` | queries, likewise (a built-in suite's ``split``) |
     | ``split`` | ``"train"`` | built-in split for ``queries``: ``"train"`` or ``"test"`` |
     | ``m`` | 2 | exemplars per episode |
     | ``model`` / ``adapter`` | SmolLM2-135M-Instruct / ``None`` | any HF causal LM name/path; peft adapter folder |
@@ -133,8 +94,10 @@ class PillowMatchEnv(gym.Env):
                  observation: Literal["embedding", "index"] = "embedding",
                  invalid_action: Literal["raise", "penalize"] = "penalize", invalid_penalty: float = -1.0,
                  dense: bool = False, suite_seed: int = 0, render_mode: str | None = None) -> None:
-        self.pool = _unique(_examples(pool, "pool", split, suite_seed))
-        self.queries = _examples(queries, "queries", split, suite_seed)
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        self.pool = resolve_examples(pool, "pool", seed=suite_seed)
+        self.queries = resolve_examples(queries, split, seed=suite_seed, what="queries")
         if not 1 <= m <= len(self.pool):
             raise ValueError(f"m must be between 1 and the pool size {len(self.pool)}, got {m}")
         if candidates is not None and not m <= candidates:

@@ -1,6 +1,6 @@
-"""The built-in offline suite: short-completion instruction tasks written for this project.
+"""The built-in offline suites: ``builtin`` (written for this project) and ``t0`` (third-party tasks).
 
-Sixteen task families, each with several phrasings of its instruction. One phrasing per family is
+``builtin``: seventeen short-completion task families, each with several phrasings of its instruction. One phrasing per family is
 deliberately vague ("Transform the word.", "Rewrite this date.") so that the instruction alone does
 not say what the answer looks like: only exemplars of the same task do. That is what gives exemplar
 selection a measurable effect on a small model.
@@ -8,13 +8,17 @@ selection a measurable effect on a small model.
 
 from __future__ import annotations
 
+import functools
+import gzip
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 
 from .data import Example
 
-__all__ = ["Suite", "builtin_suite", "TASKS"]
+__all__ = ["SUITES", "Suite", "builtin_suite", "load_suite", "t0_suite", "TASKS"]
 
 _WORDS = ["apple", "river", "candle", "garden", "planet", "silver", "window", "forest", "pencil", "rocket",
           "castle", "butter", "monkey", "orange", "thunder", "mirror", "basket", "dragon", "lemon", "violin",
@@ -250,3 +254,60 @@ def builtin_suite(seed: int = 0, *, pool_per_task: int = 5, train_per_task: int 
     for part in parts:
         rng.shuffle(part)
     return Suite(*parts)
+
+
+@functools.lru_cache(maxsize=1)
+def _t0_records() -> tuple[dict[str, str], ...]:
+    with resources.files(__package__).joinpath("suite_data", "t0.jsonl.gz").open("rb") as raw:
+        return tuple(json.loads(line) for line in gzip.open(raw))
+
+
+def t0_suite(seed: int = 0, *, pool_per_task: int = 12, train_per_task: int = 36,
+             test_per_task: int = 18) -> Suite:
+    """Third-party prompted tasks from the T0 training mixture, split by underlying example.
+
+    35 prompt templates from 10 source datasets (reviews, commonsense / science / multi-hop QA,
+    paraphrase, qualitative relations, social situations, processes): prompts of at most 300
+    characters with short answers, bundled with a NOTICE (``suite_data/``) and rebuilt by
+    ``benchmarks/data/build_t0_suite.py``. Each record's ``task`` is its template, ``dataset`` its
+    source and ``example`` the underlying example it was written from: templates of one dataset
+    re-use examples, so an example goes whole to one of pool / train / test (every template then
+    gets up to the asked count per part; the defaults give 420 / 1,260 / 630).
+    """
+    need = (pool_per_task, train_per_task, test_per_task)
+    groups: dict[str, list[dict[str, str]]] = {}
+    for record in _t0_records():
+        groups.setdefault(record["example"], []).append(record)
+    rng = random.Random(seed)
+    order = sorted(groups)
+    rng.shuffle(order)
+    have: dict[str, list[int]] = {}
+    parts: tuple[list[Example], list[Example], list[Example]] = ([], [], [])
+    for key in order:
+        records = groups[key]
+        tasks = {r["task"] for r in records}
+        counts = [have.setdefault(t, [0, 0, 0]) for t in tasks]
+        # The part whose templates (among this example's) lack most, relative to what they need.
+        lack = [sum(max(0, need[k] - c[k]) for c in counts) / max(need[k], 1) for k in range(3)]
+        k = max(range(3), key=lambda i: lack[i])
+        if lack[k] <= 0:
+            continue
+        for record in records:
+            count = have[record["task"]]
+            if count[k] < need[k]:
+                count[k] += 1
+                metadata = {name: record[name] for name in ("task", "dataset", "example")}
+                parts[k].append(Example(record["instruction"], "", record["output"], metadata))
+    for part in parts:
+        rng.shuffle(part)
+    return Suite(*parts)
+
+
+SUITES: dict[str, Callable[[int], Suite]] = {"builtin": builtin_suite, "t0": t0_suite}
+
+
+def load_suite(name: str, seed: int = 0) -> Suite:
+    """A built-in suite by name (``"builtin"`` or ``"t0"``), split by ``seed``."""
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; built-in suites: {', '.join(SUITES)}")
+    return SUITES[name](seed)
