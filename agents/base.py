@@ -7,6 +7,7 @@ picker and a PPO policy are evaluated by the very same code.
 
 from __future__ import annotations
 
+import inspect
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pillow_env.data import examples_fingerprint
 from pillow_env.env import PillowMatchEnv
 from pillow_env.vector import PillowMatchVectorEnv
 
-__all__ = ["Agent", "Budget", "check_pool", "unwrap", "unwrap_vector"]
+__all__ = ["Agent", "Budget", "check_arguments", "check_pool", "unwrap", "unwrap_vector"]
 
 CONFIG_NAME = "agent.json"
 
@@ -124,15 +125,51 @@ class Agent(ABC):
         agent_cls = AGENTS.get(record.get("agent"))
         if agent_cls is None:
             raise ValueError(f"{config_file}: unknown agent {record.get('agent')!r}")
+        config = record.get("config", {})
+        check_arguments(agent_cls, config, f"{config_file}: config")
         try:
-            agent = agent_cls(**record.get("config", {}))
-        except TypeError as err:
+            agent = agent_cls(**config)
+        except (TypeError, ValueError) as err:
             raise ValueError(f"{config_file}: config does not fit agent {record['agent']!r} ({err})") from None
-        agent._load_weights(path, trusted=trusted)
+        weights = [p.name for p in path.iterdir() if p.name != CONFIG_NAME]
+        if agent.learns and weights and getattr(agent, "pool_fingerprint", "") is None:
+            raise ValueError(f"{config_file}: 'pool_fingerprint' is null, so the pool this trained agent indexes "
+                             "cannot be checked; re-save the agent (or fix the file)")
+        try:
+            agent._load_weights(path, trusted=trusted)
+        except (FileNotFoundError, PermissionError):
+            raise
+        except Exception as err:  # safetensors, torch and SB3 raise their own types for a damaged file
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"{path}: the saved weights do not load with {CONFIG_NAME}'s settings (damaged, or "
+                             f"edited by hand?): {type(err).__name__}: {first}") from None
         return agent
 
     def _load_weights(self, path: Path, trusted: bool = False) -> None:
         """Learners read their weights here (``trusted``: the folder may hold pickles)."""
+
+
+def check_arguments(agent_cls: Any, kwargs: dict[str, Any], where: str) -> None:
+    """Refuse arguments whose type does not match the constructor's default (``lr="fast"``), naming them,
+    before anything runs; names the constructor does not take are left to it (its TypeError)."""
+    target = getattr(agent_cls, "func", agent_cls)  # registry entries may be partials
+    params = inspect.signature(target).parameters
+    for name, value in kwargs.items():
+        default = params[name].default if name in params else inspect.Parameter.empty
+        if default is inspect.Parameter.empty or default is None or value is None:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                (isinstance(value, int) or not isinstance(default, int) or float(value).is_integer())
+        elif isinstance(default, (str, tuple, list, dict)):
+            ok = isinstance(value, type(default)) or (isinstance(default, (tuple, list)) and isinstance(value, (tuple, list)))
+        else:
+            ok = True
+        if not ok:
+            raise ValueError(f"{where}: {name} must be like its default {default!r} "
+                             f"({type(default).__name__}), got {value!r}")
 
 
 def check_pool(env: PillowMatchEnv | PillowMatchVectorEnv, trained_on: str | None) -> str:

@@ -7,7 +7,7 @@ import inspect
 from functools import partial
 from typing import Any
 
-from .base import Agent
+from .base import Agent, check_arguments
 from .baselines import BM25Agent, DPPAgent, KNNAgent, MMRAgent, RandomAgent, ZeroShotAgent
 from .listwise import ListwiseAgent
 from .reinforce import ReinforceAgent
@@ -38,6 +38,7 @@ def make_agent(name: str, **kwargs: Any) -> Agent:
     """Build a registered agent by name; unknown names list the valid ones."""
     if name not in AGENTS:
         raise ValueError(f"unknown agent {name!r}; valid agents: {', '.join(AGENTS)}")
+    check_arguments(AGENTS[name], kwargs, f"agent {name!r}")
     return AGENTS[name](**kwargs)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .data import Example, examples_fingerprint, resolve_examples
+from .data import Example, examples_fingerprint, require_answers, resolve_examples
 
 __all__ = ["BenchConfig", "run_bench", "pool_splits"]
 
@@ -45,13 +45,15 @@ class BenchConfig:
     agent_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     candidates: int | None = None
     train_reward: str = "pillow"
-    reference: str = "knn"
+    reference: str | None = None  # None: "knn" when it is among the agents
     splits: int = 1
 
 
 def _settings(config: BenchConfig, pool: list[Example], train: list[Example], test: list[Example]) -> dict[str, Any]:
     """What results depend on; a resumed run must match it."""
-    return {"model": config.model, "adapter": config.adapter, "shots": config.shots, "seed": config.seed,
+    from .backends import public_spec
+
+    return {"model": public_spec(config.model), "adapter": config.adapter, "shots": config.shots, "seed": config.seed,
             "episodes": config.episodes, "max_new_tokens": config.max_new_tokens, "num_envs": config.num_envs,
             "agent_kwargs": config.agent_kwargs, "candidates": config.candidates,
             "train_reward": config.train_reward, "pool": examples_fingerprint(pool),
@@ -78,21 +80,28 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     pool = resolve_examples(config.pool, "pool", seed=config.seed, what="--pool")
     train = resolve_examples(config.train, "train", seed=config.seed, what="--train")
     test = resolve_examples(config.test, "test", seed=config.seed, what="--test")
+    for what, examples in (("--pool", pool), ("--train", train), ("--test", test)):
+        require_answers(examples, what)
+    if config.reference is None:
+        config = replace(config, reference="knn")
+    elif config.reference not in config.agents:
+        raise ValueError(f"--reference {config.reference} is not among --agents ({', '.join(config.agents)}): "
+                         "add it, or compare with one of them")
     if config.test_limit is not None:
         test = test[:config.test_limit]
     # Everything that can be wrong is checked here, before the model loads and before any agent runs.
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
+    from .cache import check_cache_path
+
+    check_cache_path(config.cache or out / "cache.sqlite")  # before --out is created: a refusal leaves nothing
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(f"--out {out}: cannot create the folder ({err.strerror})") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise ValueError(f"--out {out} is not writable")
-    from .cache import check_cache_path
-
-    check_cache_path(config.cache or out / "cache.sqlite")
     results_path = out / "results.json"
     settings = _settings(config, pool, train, test)
     results: dict[str, Any] = {"settings": settings, "agents": {}}
@@ -133,6 +142,8 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     engine = RewardEngine(backbone, PillowReward(encoder=encoder), **common)
     train_engine = engine if config.train_reward == "pillow" else \
         RewardEngine(backbone, PillowReward(encoder=encoder), signal="loglik", **common)
+    if config.train_reward == "loglik":  # a server that cannot score says so now, before any agent runs
+        backbone.loglik(["Say yes."], ["yes"], mean=True)
     test_env = PillowMatchEnv(pool, test, m=config.shots, engine=engine, encoder=encoder,
                               candidates=config.candidates)
 
@@ -191,7 +202,7 @@ def _run_splits(config: BenchConfig, *, progress: bool) -> dict[str, Any]:
     cache = config.cache or str(out / "cache.sqlite")  # one cache for every split
     runs = [run_bench(replace(config, seed=seed, splits=1, out=str(out / f"split-{seed}"), cache=cache),
                       progress=progress) for seed in range(config.seed, config.seed + config.splits)]
-    summary = pool_splits(runs, config.reference)
+    summary = pool_splits(runs, config.reference or "knn")
     _write_json(out / "results.json", summary)
     (out / "results.md").write_text(pooled_table(summary))
     print(pooled_table(summary))

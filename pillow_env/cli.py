@@ -60,7 +60,10 @@ def _sources(args: argparse.Namespace, *names: str) -> None:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -85,7 +88,7 @@ def _add_data(p: argparse.ArgumentParser, *, test: bool = True) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="HF causal LM name/path or alias")
     p.add_argument("--adapter", default=None, help="peft LoRA adapter folder")
     p.add_argument("--seed", type=int, default=0, help="seeds the agents; also re-splits a built-in suite")
-    p.add_argument("--max-new-tokens", type=_positive, default=24)
+    p.add_argument("--max-new-tokens", type=_positive, default=24, help="most tokens generated per answer")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -129,10 +132,13 @@ def _inspect(args: argparse.Namespace) -> None:
     from .env import PillowMatchEnv
     from .prompts import user_text
 
+    from .data import resolve_examples
+
     _sources(args, "pool", "queries")
+    count = len(resolve_examples(args.queries, "test", seed=args.seed, what="--queries"))
+    if not 0 <= args.query_index < count:  # checked before the LLM loads
+        raise ValueError(f"--query-index must be in [0, {count}), got {args.query_index}")
     pool, queries, encoder, engine = _engine_and_envs(args, args.queries, "test")
-    if not 0 <= args.query_index < len(queries):
-        raise SystemExit(f"--query-index must be in [0, {len(queries)}), got {args.query_index}")
     env = PillowMatchEnv(pool, queries, m=args.shots, engine=engine, encoder=encoder)
     agent = Agent.load(args.load, trusted=args.trust_pickle) if args.load else make_agent(args.agent)
     agent.prepare(env)
@@ -153,10 +159,11 @@ def _train_agent(args: argparse.Namespace) -> None:
     from .vector import PillowMatchVectorEnv
 
     _sources(args, "pool", "train")
+    agent = make_seeded_agent(args.agent, args.seed, **args.agent_kwargs.get(args.agent, {}))  # before the LLM
+    agent.check_settings(num_envs=args.num_envs)
     pool, queries, encoder, engine = _engine_and_envs(args, args.train, "train", signal=args.train_reward)
     venv = PillowMatchVectorEnv(args.num_envs, pool=pool, queries=queries, m=args.shots, engine=engine,
                                 encoder=encoder, candidates=args.candidates)
-    agent = make_seeded_agent(args.agent, args.seed, **args.agent_kwargs.get(args.agent, {}))
     log = agent.fit(venv, Budget(episodes=args.episodes), tensorboard=args.tensorboard)
     path = agent.save(args.out)
     print(f"trained {agent.name}: {log.get('episodes', 0)} episodes, {log.get('generations', 0)} LLM generations; "
@@ -178,7 +185,7 @@ def _train_backbone(args: argparse.Namespace) -> None:
 
 def _select(args: argparse.Namespace) -> None:
     import json
-    from contextlib import nullcontext
+    import os
 
     from tqdm import tqdm
 
@@ -186,16 +193,29 @@ def _select(args: argparse.Namespace) -> None:
 
     from .data import DataError, load_examples, parse_record
 
+    out = None if str(args.out) == "-" else Path(args.out)
+    if out is not None:
+        inputs = {"--queries": args.queries, "--pool": args.pool, "--agent-dir": args.agent_dir}
+        for flag, given in inputs.items():
+            if given != "-" and Path(given).exists() and Path(given).resolve() == out.resolve():
+                raise ValueError(f"--out {out} is also {flag}: give another output file")
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder; give a file path")
+    # Inputs are read and the selector loaded before any output exists: a failure leaves --out as it was.
+    queries = None if args.queries == "-" else load_examples(args.queries, require_output=False)
     selector = Selector.load(args.agent_dir, args.pool, trusted=args.trust_pickle, shots=args.shots,
                              model=args.model, candidates=args.candidates, suite_seed=args.seed)
-    out = nullcontext(sys.stdout) if str(args.out) == "-" else open(args.out, "w", encoding="utf-8")
-    with out as f:
-        def write(queries) -> None:
-            for selection in selector.select(queries):
-                f.write(json.dumps(selection.to_dict(), ensure_ascii=False) + "\n")
-            f.flush()
+    tmp = None if out is None else out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    f = sys.stdout if tmp is None else open(tmp, "w", encoding="utf-8")
 
-        if args.queries == "-":  # stream: answer each line as it arrives
+    def write(batch) -> None:
+        for selection in selector.select(batch):
+            f.write(json.dumps(selection.to_dict(), ensure_ascii=False) + "\n")
+        f.flush()
+
+    count = 0
+    try:
+        if queries is None:  # stream: answer each line as it arrives
             for lineno, line in enumerate(sys.stdin, start=1):
                 if not line.strip():
                     continue
@@ -206,91 +226,122 @@ def _select(args: argparse.Namespace) -> None:
                     raise DataError(f"{where}: invalid JSON ({err.msg}, column {err.colno})") from None
                 write([parse_record({"instruction": record} if isinstance(record, str) else record, where,
                                     require_output=False)])
-            return
-        queries = load_examples(args.queries, require_output=False)
-        for lo in tqdm(range(0, len(queries), args.batch_size), desc="select", unit="batch",
-                       disable=str(args.out) == "-"):
-            write(queries[lo:lo + args.batch_size])
-    if str(args.out) != "-":
-        print(f"wrote {len(queries)} selections to {args.out}", file=sys.stderr)
+                count += 1
+        else:
+            for lo in tqdm(range(0, len(queries), args.batch_size), desc="select", unit="batch", disable=out is None):
+                write(queries[lo:lo + args.batch_size])
+            count = len(queries)
+    except BaseException:
+        if tmp is not None:
+            f.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    if tmp is not None:
+        f.close()
+        os.replace(tmp, out)  # whole or not at all
+        print(f"wrote {count} selections to {out}", file=sys.stderr)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, unless there is none or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pillow-env", description="In-context exemplar selection as RL (PILLOW).")
-    parser.add_argument("--threads", type=_positive, default=None,
-                        help="CPU threads for the in-process LLM (default: one per core; on a shared machine "
-                             "give each process its share)")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    from agents import agent_names
+
+    fmt = _HelpFormatter
+    parser = argparse.ArgumentParser(prog="pillow-env", description="In-context exemplar selection as RL (PILLOW).",
+                                     formatter_class=fmt)
+    # The global options, accepted before or after the subcommand (after it, they are not reset to defaults).
+    shared = argparse.ArgumentParser(add_help=False)
+    for p, default in ((parser, None), (shared, argparse.SUPPRESS)):
+        p.add_argument("--threads", type=_positive, default=default,
+                       help="CPU threads for the in-process LLM (default: one per core; on a shared machine give "
+                            "each process its share)")
+        p.add_argument("--debug", action="store_true", default=False if default is None else default,
+                       help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="zero-shot vs random vs same-task exemplars on the built-in suite")
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[shared], formatter_class=fmt, **kwargs)
+
+    demo = add("demo", help="zero-shot vs random vs same-task exemplars on the built-in suite")
     demo.add_argument("--model", default=DEFAULT_MODEL, help="HF causal LM name/path or alias")
-    demo.add_argument("--shots", type=_positive, default=2)
+    demo.add_argument("--shots", type=_positive, default=2, help="exemplars per query")
     demo.add_argument("--queries", type=_positive, default=None, help="first N test queries (default: all)")
     demo.add_argument("--seed", type=int, default=0, help="built-in suite split and random exemplars")
     demo.add_argument("--suite", type=_suite, default="builtin", help="built-in suite: 'builtin' or 't0'")
-    demo.add_argument("--max-new-tokens", type=_positive, default=24)
+    demo.add_argument("--max-new-tokens", type=_positive, default=24, help="most tokens generated per answer")
     demo.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     demo.set_defaults(func=_demo)
 
-    bench = sub.add_parser("bench", help="train and compare agents; writes results.json, results.md, curves.png")
+    bench = add("bench", help="train and compare agents; writes results.json, results.md, curves.png")
     _add_data(bench)
     bench.add_argument("--agents", type=_agent_list, default=["zero_shot", "random", "knn", "reinforce", "ppo"],
-                       help="comma-separated registry names")
-    bench.add_argument("--episodes", type=_positive, default=1000, help="training episodes per learning agent")
-    bench.add_argument("--out", type=Path, default=Path("runs/bench"))
+                       help=f"comma-separated agent names, of: {', '.join(agent_names())}")
+    bench.add_argument("--episodes", type=_positive, default=1000,
+                       help="training budget per learning agent: episodes (listwise: LLM calls)")
+    bench.add_argument("--out", type=Path, default=Path("runs/bench"), help="results folder")
     bench.add_argument("--cache", default=None, help="SQLite reward cache to reuse (default OUT/cache.sqlite)")
-    bench.add_argument("--num-envs", type=_positive, default=16)
+    bench.add_argument("--num-envs", type=_positive, default=16, help="episodes scored per batched LLM call while training")
     _add_training(bench)
     bench.add_argument("--test-limit", type=_positive, default=None, help="evaluate on the first N test queries")
     bench.add_argument("--agent-kwargs", type=_agent_kwargs, default={},
                        help='per-agent constructor arguments as JSON, e.g. \'{"reinforce": {"lr": 0.001}}\'')
-    bench.add_argument("--reference", type=_agent_name, default="knn",
-                       help="agent every other is compared with (paired bootstrap interval)")
+    bench.add_argument("--reference", type=_agent_name, default=None,
+                       help="agent every other is compared with (paired bootstrap interval); one of --agents "
+                            "(default: knn, when it is among them)")
     bench.add_argument("--splits", type=_positive, default=1,
                        help="K seeded re-splits of a built-in suite (seeds SEED..SEED+K-1): every agent is trained "
                             "and tested on each, and the paired differences are pooled")
     bench.set_defaults(func=_bench)
 
-    insp = sub.add_parser("inspect", help="one query, one agent: exemplars, prompt, generation, reward")
+    insp = add("inspect", help="one query, one agent: exemplars, prompt, generation, reward")
     _add_data(insp, test=False)
     insp.add_argument("--queries", type=_source, default=None, help="queries file, or a built-in suite (its test split)")
-    insp.add_argument("--query-index", type=int, default=0)
-    insp.add_argument("--agent", type=_agent_name, default="knn")
+    insp.add_argument("--query-index", type=int, default=0, help="which test query (0-based)")
+    insp.add_argument("--agent", type=_agent_name, default="knn", help=f"one of: {', '.join(agent_names())}")
     insp.add_argument("--load", default=None, help="a saved agent folder (overrides --agent)")
-    insp.add_argument("--cache", default=None)
+    insp.add_argument("--cache", default=None, help="SQLite reward cache to reuse")
     insp.add_argument("--trust-pickle", action="store_true",
                       help="allow loading an SB3 agent's model.zip (a pickle: only for folders you made)")
     insp.set_defaults(func=_inspect)
 
-    tra = sub.add_parser("train-agent", help="train one agent and save it")
+    tra = add("train-agent", help="train one agent and save it")
     _add_data(tra, test=False)
-    tra.add_argument("--agent", type=_agent_name, default="reinforce")
-    tra.add_argument("--episodes", type=_positive, default=1000)
-    tra.add_argument("--num-envs", type=_positive, default=16)
-    tra.add_argument("--out", type=Path, required=True)
+    tra.add_argument("--agent", type=_agent_name, default="reinforce", help=f"one of: {', '.join(agent_names())}")
+    tra.add_argument("--episodes", type=_positive, default=1000, help="training budget: episodes (listwise: LLM calls)")
+    tra.add_argument("--num-envs", type=_positive, default=16, help="episodes scored per batched LLM call")
+    tra.add_argument("--out", type=Path, required=True, help="folder the trained agent is saved to")
     tra.add_argument("--tensorboard", default=None, help="TensorBoard log folder")
     tra.add_argument("--agent-kwargs", type=_agent_kwargs, default={},
                      help='constructor arguments as JSON, e.g. \'{"listwise": {"candidates": 6}}\'')
     _add_training(tra)
-    tra.add_argument("--cache", default=None)
+    tra.add_argument("--cache", default=None, help="SQLite reward cache to reuse")
     tra.set_defaults(func=_train_agent)
 
-    trb = sub.add_parser("train-backbone", help="prompt-loss-weighted LoRA fine-tuning of the LLM")
+    trb = add("train-backbone", help="prompt-loss-weighted LoRA fine-tuning of the LLM")
     trb.add_argument("--data", type=_source, default="builtin", help="training file, or a built-in suite (its train split)")
-    trb.add_argument("--model", default=DEFAULT_MODEL)
+    trb.add_argument("--model", default=DEFAULT_MODEL, help="HF causal LM name/path or alias")
     trb.add_argument("--plw", type=float, default=0.1, help="prompt-loss weight in [0, 1]")
-    trb.add_argument("--epochs", type=float, default=1.0)
+    trb.add_argument("--epochs", type=float, default=1.0, help="passes over the training data")
     trb.add_argument("--max-steps", type=_positive, default=None, help="stop after this many optimizer steps")
-    trb.add_argument("--lr", type=float, default=2e-4)
-    trb.add_argument("--batch-size", type=_positive, default=8)
-    trb.add_argument("--grad-accum", type=_positive, default=1)
-    trb.add_argument("--max-length", type=_positive, default=512)
-    trb.add_argument("--lora-r", type=_positive, default=8)
-    trb.add_argument("--seed", type=int, default=0)
-    trb.add_argument("--out", type=Path, required=True)
+    trb.add_argument("--lr", type=float, default=2e-4, help="learning rate")
+    trb.add_argument("--batch-size", type=_positive, default=8, help="examples per step")
+    trb.add_argument("--grad-accum", type=_positive, default=1, help="gradient accumulation steps")
+    trb.add_argument("--max-length", type=_positive, default=512, help="longest tokenized example")
+    trb.add_argument("--lora-r", type=_positive, default=8, help="LoRA rank")
+    trb.add_argument("--seed", type=int, default=0, help="random seed (and built-in suite split)")
+    trb.add_argument("--out", type=Path, required=True, help="folder the adapter is saved to")
     trb.set_defaults(func=_train_backbone)
-    sel = sub.add_parser("select", help="a saved agent picks exemplars for new queries (no LLM is loaded)")
+    sel = add("select", help="a saved agent picks exemplars for new queries (no LLM is loaded)")
     sel.add_argument("--agent-dir", required=True, help="a saved agent folder (train-agent / bench output)")
     sel.add_argument("--pool", type=_source, default="builtin", help="the pool the agent was trained on (file or built-in suite)")
     sel.add_argument("--queries", required=True,
@@ -298,8 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--out", default="-", help="JSONL output file (default: stdout)")
     sel.add_argument("--shots", type=_positive, default=None, help="exemplars per query (learned agents: as trained)")
     sel.add_argument("--model", default=DEFAULT_MODEL, help="whose prompt template to render (tokenizer only)")
-    sel.add_argument("--candidates", type=_positive, default=None)
-    sel.add_argument("--batch-size", type=_positive, default=256)
+    sel.add_argument("--candidates", type=_positive, default=None, help="restrict selection to the C pool entries nearest each query, as in training")
+    sel.add_argument("--batch-size", type=_positive, default=256, help="queries embedded and selected per batch")
     sel.add_argument("--seed", type=int, default=0, help="built-in suite split seed (with a built-in --pool)")
     sel.add_argument("--trust-pickle", action="store_true",
                      help="allow loading an SB3 agent's model.zip (a pickle: only for folders you made)")

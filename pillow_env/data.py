@@ -25,6 +25,7 @@ __all__ = [
     "parse_record",
     "split_examples",
     "examples_fingerprint",
+    "require_answers",
     "resolve_examples",
     "unique_pool",
 ]
@@ -291,6 +292,12 @@ def resolve_examples(source: ExampleSource, part: str, *, seed: int = 0, what: s
             raise TypeError(f"{what} must be a built-in suite ({', '.join(SUITES)}), a dataset path or a non-empty "
                             "sequence of Example (or of records: dicts with instruction/input/output)")
     return unique_pool(examples, what) if part == "pool" else list(examples)
+
+
+def require_answers(examples: Sequence[Example], what: str) -> None:
+    """Exemplars and scored queries need answers: refuse a set whose outputs are all empty."""
+    if examples and not any(e.output.strip() for e in examples):
+        raise DataError(f"{what}: every record's output is empty; exemplars and scored queries need answers")
 
 
 def unique_pool(pool: Sequence[Example], what: str = "pool") -> list[Example]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .backends import public_spec
 from .backends.hf import Backbone
 from .data import Example
 from .engine import RewardEngine
@@ -50,7 +51,7 @@ def run_demo(model: str = "smollm2-135m-instruct", *, shots: int = 2, queries: i
     }
     t0 = time.perf_counter()
     engine = RewardEngine(Backbone.from_pretrained(model), PillowReward(), max_new_tokens=max_new_tokens)
-    print(f"loaded {model} and MiniLM in {time.perf_counter() - t0:.1f} s; "
+    print(f"loaded {public_spec(model)} and MiniLM in {time.perf_counter() - t0:.1f} s; "
           f"{len(test)} test queries, pool of {len(suite.pool)}")
     results: dict[str, dict[str, float]] = {}
     for name, select in settings.items():
@@ -60,7 +61,7 @@ def run_demo(model: str = "smollm2-135m-instruct", *, shots: int = 2, queries: i
     print(format_table(results))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"model": model, "queries": len(test), "seed": seed, "results": results}, indent=2))
+        out.write_text(json.dumps({"model": public_spec(model), "queries": len(test), "seed": seed, "results": results}, indent=2))
         print(f"wrote {out}")
     return results
 

@@ -10,7 +10,9 @@ decoding, mapped to ``2 * exp(mean logprob) - 1`` in (-1, 1]: a cheaper, determi
 Every scored request can be appended to a trajectory log for off-policy learners.
 
 The key is a hash of the generator's fingerprint (weights + adapter + prompt format), the
-generation settings, the reward settings, the rendered prompt and the reference, so a cache file
+generation settings, the rendered prompt and the reference, plus the reward's declared
+``fingerprint`` when it has one (the built-in rewards do): then the scores are cached too.
+A reward without one is recomputed from the cached generation on every request, so a cache file
 can be shared across runs and algorithms without ever serving a stale score.
 """
 
@@ -67,6 +69,7 @@ class EngineStats:
     requests: int = 0
     generations: int = 0
     loglik_passes: int = 0
+    rescored: int = 0
     memory_hits: int = 0
     disk_hits: int = 0
     duplicates: int = 0
@@ -150,10 +153,12 @@ class RewardEngine:
         self._memory = LRUCache(self.memory_cache_size)
         self._disk = DiskCache(self.cache_path) if self.cache_path is not None else None
         self._log = TrajectoryLog(self.log_path) if self.log_path is not None else None
+        # Scores are cached only for a reward that declares what it is; any other is recomputed.
+        self._rescore = self.signal == "generate" and reward_fingerprint(self.reward) is None
         if self.signal == "loglik":
             settings = repr((self.generator.fingerprint, "loglik-mean-v1"))
         else:
-            reward_fp = reward_fingerprint(self.reward)
+            reward_fp = "generation-only" if self._rescore else reward_fingerprint(self.reward)
             settings = repr((self.generator.fingerprint, self.max_new_tokens, tuple(self.stop), reward_fp))
         self._prefix = hashlib.sha256(settings.encode()).digest()
         self._renders = LRUCache(self.memory_cache_size)
@@ -250,15 +255,18 @@ class RewardEngine:
             for lo in range(0, len(missing), self.batch_size):
                 chunk = missing[lo:lo + self.batch_size]
                 new = self._run([prompts[first[k]] for k in chunk], [references[first[k]] for k in chunk])
-                for key, value in zip(chunk, new):
-                    self._memory.put(key, value)
+                stored = [{"generation": v["generation"]} if self._rescore else v for v in new]
+                for key, value, kept in zip(chunk, new, stored):
+                    self._memory.put(key, kept)
                     found[key] = value
                 if self._disk is not None:
                     t = time.perf_counter()
-                    self._disk.put_many(dict(zip(chunk, new)))
+                    self._disk.put_many(dict(zip(chunk, stored)))
                     stats.cache_seconds += time.perf_counter() - t
 
         fresh = set(missing)
+        if self._rescore:
+            self._score_cached(found, fresh, keys, references)
         results = [ScoredGeneration(p, found[k]["generation"], r, found[k]["reward"], found[k]["components"],
                                     cached=k not in fresh)
                    for p, r, k in zip(prompts, references, keys)]
@@ -268,6 +276,22 @@ class RewardEngine:
                               "signal": self.signal, "fingerprint": self.fingerprint}
                              for (ex, q), s in zip(requests, results))
         return results
+
+    def _score_cached(self, found: dict[str, dict[str, Any]], fresh: set[str], keys: list[str],
+                      references: list[str]) -> None:
+        """Score cached generations afresh with the reward as it is now (one vectorised call)."""
+        reference = dict(zip(keys, references))
+        cached = [k for k in dict.fromkeys(keys) if k not in fresh]
+        if not cached:
+            return
+        t = time.perf_counter()
+        generations = [found[k]["generation"] for k in cached]
+        parts = self._score(generations, [reference[k] for k in cached])
+        self.stats.scoring_seconds += time.perf_counter() - t
+        self.stats.rescored += len(cached)
+        for i, (key, generation) in enumerate(zip(cached, generations)):
+            found[key] = {"generation": generation, "reward": float(parts["reward"][i]),
+                          "components": {name: float(v[i]) for name, v in parts.items() if name != "reward"}}
 
     def _run(self, prompts: list[str], references: list[str]) -> list[dict[str, Any]]:
         if self.signal == "loglik":

@@ -11,7 +11,7 @@ import numpy as np
 from gymnasium import spaces
 
 from .cache import check_cache_path
-from .data import Example, ExampleSource, resolve_examples
+from .data import Example, ExampleSource, require_answers, resolve_examples
 from .encoder import Encoder, load_encoder
 from .engine import RewardEngine, ScoredGeneration
 from .prompts import user_text
@@ -22,6 +22,14 @@ from .rewards import PillowReward
 __all__ = ["PillowMatchEnv", "Request"]
 
 Request = tuple[list[Example], Example]
+
+
+def _is_integer(value: Any) -> bool:
+    """An int or a 0-d / one-element integer array, as ``Discrete`` holds; not a bool, float or string."""
+    array = np.asarray(value) if isinstance(value, (np.ndarray, np.generic)) else None
+    if array is not None:
+        return array.size == 1 and np.issubdtype(array.dtype, np.integer)
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class PillowMatchEnv(gym.Env):
@@ -98,6 +106,7 @@ class PillowMatchEnv(gym.Env):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         self.pool = resolve_examples(pool, "pool", seed=suite_seed)
         self.queries = resolve_examples(queries, split, seed=suite_seed, what="queries")
+        require_answers(self.pool, "pool")
         if not 1 <= m <= len(self.pool):
             raise ValueError(f"m must be between 1 and the pool size {len(self.pool)}, got {m}")
         if candidates is not None and not m <= candidates:
@@ -238,8 +247,8 @@ class PillowMatchEnv(gym.Env):
         index = (options or {}).get("query_index")
         if index is None:
             index = int(self.np_random.integers(len(self.queries)))
-        elif not 0 <= int(index) < len(self.queries):
-            raise ValueError(f"options['query_index'] must be in [0, {len(self.queries)}), got {index}")
+        elif not _is_integer(index) or not 0 <= int(index) < len(self.queries):
+            raise ValueError(f"options['query_index'] must be an integer in [0, {len(self.queries)}), got {index!r}")
         self.query_index, self.chosen, self._invalid, self._last = int(index), [], 0, None
         self._step_invalid = False
         return ([], self.query) if self.dense else None
@@ -251,6 +260,8 @@ class PillowMatchEnv(gym.Env):
 
     def begin_step(self, action: Any) -> Request | None:
         """Apply ``action``; return the (exemplars, query) request to score, or ``None`` if none is due."""
+        if not _is_integer(action):
+            raise ValueError(f"action must be an integer in Discrete({len(self.pool)}), got {action!r}")
         a = int(np.asarray(action).item())
         if len(self.chosen) == self.m:
             raise RuntimeError(f"step() after the episode ended ({self.m} exemplars chosen); call reset() first")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import types
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -53,89 +51,17 @@ def check_reward(name: str, values: object, n: int) -> np.ndarray:
     return np.clip(arr, low, high)
 
 
-_UNSTABLE = "\x00id="
+def reward_fingerprint(reward: object) -> str | None:
+    """The reward's declared ``fingerprint`` string, or ``None`` when it declares none.
 
-
-def _describe(value: object, seen: set[int]) -> str:
-    """A stable text for a value a reward depends on; object addresses make it unstable (``@id``)."""
-    if id(value) in seen:
-        return "<cycle>"
-    seen = seen | {id(value)}
-    if isinstance(value, types.ModuleType):
-        return f"module {value.__name__}"
-    code = getattr(value, "__code__", None)
-    if code is not None:  # a function or lambda: its code, constants, defaults, closure and the globals it reads
-        closure = [c.cell_contents for c in (getattr(value, "__closure__", None) or ()) if _filled(c)]
-        module_globals = getattr(value, "__globals__", {})
-        used = [(n, module_globals[n]) for n in code.co_names if _code_or_data(module_globals.get(n))]
-        parts = [value.__module__, value.__qualname__, code.co_code.hex(), repr(code.co_names),
-                 *(_describe(c, seen) for c in code.co_consts), _describe(getattr(value, "__defaults__", None), seen),
-                 _describe(getattr(value, "__kwdefaults__", None), seen), *(_describe(c, seen) for c in closure),
-                 *(f"{n}={_describe(v, seen)}" for n, v in used)]
-        return "fn(" + ",".join(parts) + ")"
-    if hasattr(value, "co_code"):  # a nested code object among constants
-        return "code(" + value.co_code.hex() + repr(value.co_consts) + ")"
-    stable = getattr(value, "fingerprint", None)
-    if isinstance(stable, str):
-        return f"{type(value).__qualname__}:{stable}"
-    if isinstance(value, (str, bytes, int, float, bool, type(None))):
-        return repr(value)
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = sorted(_describe(v, seen) for v in value) if isinstance(value, (set, frozenset)) else \
-            [_describe(v, seen) for v in value]
-        return f"{type(value).__name__}[" + ",".join(items) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{_describe(k, seen)}:{_describe(v, seen)}" for k, v in value.items()) + "}"
-    if isinstance(value, np.ndarray):
-        return f"ndarray{value.shape}{hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()[:16]}"
-    if isinstance(value, type):
-        return f"class {value.__module__}.{value.__qualname__}"
-    call = getattr(type(value), "__call__", None)
-    if call is not None and hasattr(value, "__dict__"):  # a callable object: its class's code and its state
-        return (f"{type(value).__module__}.{type(value).__qualname__}(" + _describe(call, seen) + ","
-                + _describe(vars(value), seen) + ")")
-    text = repr(value)
-    return f"{_UNSTABLE}{id(value)}:{text}" if " at 0x" in text or " object>" in text else text
-
-
-def _code_or_data(value: object) -> bool:
-    """Globals a reward reads that identify it: functions, classes and plain constants. Module-level
-    objects (lazily built scorers, models, caches) are state, not settings, and are left out."""
-    if isinstance(value, (types.FunctionType, type)):
-        return True
-    if isinstance(value, (str, bytes, int, float, bool)):
-        return True
-    if isinstance(value, (tuple, list, frozenset, set)):
-        return all(_code_or_data(v) for v in value)
-    if isinstance(value, Mapping):
-        return all(_code_or_data(k) and _code_or_data(v) for k, v in value.items())
-    return False
-
-
-def _filled(cell: object) -> bool:
-    try:
-        cell.cell_contents  # type: ignore[attr-defined]
-        return True
-    except ValueError:
-        return False
-
-
-def reward_fingerprint(reward: object) -> str:
-    """Identifies a reward by content, for cache keys: its ``fingerprint`` attribute if it has one;
-    else its code, constants, defaults, closure and (for callable objects) state. Editing a reward
-    function, passing another lambda or changing a setting changes the key, so a cache never serves
-    an old score. Where part of it is only known by object identity the key is unique to this
-    process (no stale scores, but no reuse across runs) and a warning says how to make it stable.
+    Scores are cached only under a declared fingerprint. Python code cannot be identified by its
+    content with certainty (a bound method, a global array, an environment variable read inside
+    can all change between runs), so a reward without one is recomputed from the cached generation
+    every time: a stale score is impossible by construction. Declare ``fingerprint`` (a string that
+    changes whenever the reward's settings do) to have its scores cached too.
     """
     stable = getattr(reward, "fingerprint", None)
-    if isinstance(stable, str):
-        return stable
-    text = _describe(reward, set())
-    if _UNSTABLE in text:
-        name = getattr(reward, "__qualname__", type(reward).__name__)
-        warnings.warn(f"reward {name!r} depends on objects known only by identity, so its cached scores are not "
-                      "reused across runs; give it a `fingerprint` string attribute naming its settings", stacklevel=3)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return stable if isinstance(stable, str) else None
 
 
 _scorer = None
@@ -214,10 +140,13 @@ class PillowReward:
         self._semantic = SemanticSimilarity(self.encoder)
 
     @property
-    def fingerprint(self) -> str:
-        """Identifies the reward settings, for cache keys (extra rewards by content: :func:`reward_fingerprint`)."""
+    def fingerprint(self) -> str | None:
+        """Identifies the reward settings, for cache keys; ``None`` (scores never cached) when an
+        ``extra`` reward declares no fingerprint of its own (:func:`reward_fingerprint`)."""
         encoder = self.encoder if isinstance(self.encoder, str) else self.encoder.name
         extra = sorted((k, reward_fingerprint(f), self.extra_weights.get(k, 0.0)) for k, f in self.extra.items())
+        if any(fp is None for _, fp, _ in extra):
+            return None
         text = repr((self.text_weight, self.semantic_weight, encoder, extra))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 

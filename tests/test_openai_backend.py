@@ -215,3 +215,26 @@ def test_vllm_backend_without_vllm_says_how_to_get_it(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_vllm)
     with pytest.raises(ImportError, match=r"the vllm backend needs vLLM: pip install 'pillow-env\[vllm\]'"):
         load_backend("vllm:smollm2-135m-instruct")
+
+
+@pytest.mark.parametrize("n", [1, 4, 5])
+def test_list_accepting_server_at_every_batch_size(stub, n):
+    """vLLM takes lists: a first batch of at most ``batch_size`` prompts is answered whole by the
+    detection request, and later batches of any size still work."""
+    stub["lists"] = True
+    b = backend(stub)
+    for size in (n, 4, 5, 1):
+        out = b.generate(prompts(size), 8, batch_size=4)
+        assert out == [f"answer to {p[-12:]!r} STOP tail" for p in prompts(size)]
+
+
+def test_credentials_in_a_model_url_are_never_printed_or_stored(tmp_path, capsys):
+    from pillow_env.backends import public_spec
+    from pillow_env.bench import _settings, BenchConfig
+
+    spec = "openai:http://user:pw-secret@127.0.0.1:9/v1?key=k-secret#stub-model"
+    assert public_spec(spec) == "openai:http://127.0.0.1:9/v1#stub-model"
+    assert "secret" not in json.dumps(_settings(BenchConfig(model=spec), [], [], []))
+    with pytest.raises(ValueError) as err:
+        split_target("ftp://user:pw-secret@h/v1#m")
+    assert "secret" not in str(err.value)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BackendError", "load_backend", "load_renderer", "parse_spec", "loglik_token_ids"]
+__all__ = ["BackendError", "load_backend", "load_renderer", "parse_spec", "public_spec", "loglik_token_ids"]
 
 
 class BackendError(RuntimeError):
@@ -30,9 +30,20 @@ def parse_spec(spec: str) -> tuple[str, str]:
         if spec.startswith(kind + ":"):
             rest = spec[len(kind) + 1:]
             if not rest:
-                raise ValueError(f"model {spec!r}: nothing after {kind + ':'!r}")
+                raise ValueError(f"model {public_spec(spec)!r}: nothing after {kind + ':'!r}")
             return kind, rest
     return "hf", spec
+
+
+def public_spec(spec: str) -> str:
+    """The ``model`` string as it may be printed or stored: a server URL's user, password and query
+    string are dropped (``openai:http://user:secret@host/v1#M`` -> ``openai:http://host/v1#M``)."""
+    if not spec.startswith("openai:"):
+        return spec
+    from .openai_server import public_url
+
+    url, _, rest = spec[len("openai:"):].partition("#")
+    return f"openai:{public_url(url)}" + (f"#{rest}" if rest else "")
 
 
 def load_backend(spec: str, adapter: str | None = None, **kwargs: Any) -> Any:
@@ -52,7 +63,7 @@ def _load(spec: str, adapter: str | None, **kwargs: Any) -> Any:
         from .openai_server import OpenAIBackend
 
         if adapter is not None:
-            raise ValueError(f"model {spec!r}: an OpenAI-compatible server serves its own weights; load the "
+            raise ValueError(f"model {public_spec(spec)!r}: an OpenAI-compatible server serves its own weights; load the "
                              "adapter in the server (e.g. vLLM --lora-modules) and name it after '#'")
         return OpenAIBackend.from_spec(target, **kwargs)
     if kind == "vllm":

@@ -76,9 +76,12 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """Map an alias to a loadable local folder (converting on first use); pass anything else through."""
+    """Map an alias to a loadable local folder (converting on first use); pass a hub name through.
+    A path (starting with ``.``, ``/`` or ``~``) that is not a folder fails here, naming it."""
     module = ALIASES.get(name_or_path.lower())
     if module is None:
+        if name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().is_dir():
+            raise FileNotFoundError(f"model {name_or_path!r}: no such folder")
         return name_or_path
     gguf = _wheel_gguf(module)
     target = cache_dir() / "models" / f"{name_or_path.lower()}-{gguf.stat().st_size}"
@@ -124,8 +127,6 @@ class Backbone:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = resolve_model(name_or_path)
-        if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
-            raise FileNotFoundError(f"model {name_or_path!r}: no such folder")
         device = torch.device(device) if device is not None else _default_device()
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         try:

@@ -43,11 +43,12 @@ __all__ = ["OpenAIBackend", "split_target"]
 def split_target(target: str) -> tuple[str, str, str]:
     """``"URL#MODEL[#TOKENIZER]"`` -> (base URL, served model name, tokenizer name or path)."""
     parts = target.split("#")
+    shown = "#".join([public_url(parts[0]), *parts[1:]])
     if len(parts) not in (2, 3) or not all(parts):
-        raise ValueError(f"expected openai:URL#MODEL or openai:URL#MODEL#TOKENIZER, got openai:{target!r}")
+        raise ValueError(f"expected openai:URL#MODEL or openai:URL#MODEL#TOKENIZER, got openai:{shown!r}")
     url, model = parts[0], parts[1]
     if urlsplit(url).scheme not in ("http", "https"):
-        raise ValueError(f"openai:{target!r}: the server URL must start with http:// or https://")
+        raise ValueError(f"openai:{shown!r}: the server URL must start with http:// or https://")
     return url.rstrip("/"), model, parts[2] if len(parts) == 3 else model
 
 
@@ -134,8 +135,8 @@ class OpenAIBackend:
         return sorted(response.choices, key=lambda c: c.index)
 
     def _map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        if len(items) == 1:
-            return [fn(items[0])]
+        if len(items) <= 1:  # nothing left (a first list request took the whole batch) or one item
+            return [fn(item) for item in items]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
             return list(pool.map(fn, items))
 
