@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from agents import make_agent
+from pillow_env.backends import DEFAULT_MODEL
 from pillow_env.backends import load_backend
 from pillow_env.backends.hf import resolve_model
 from pillow_env.backends.local_server import LocalServer
@@ -32,7 +33,7 @@ from pillow_env.suite import builtin_suite
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=32)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "backends.json")
     args = parser.parse_args()
     suite = builtin_suite(0)

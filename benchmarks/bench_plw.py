@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from agents import KNNAgent, ZeroShotAgent, evaluate
+from pillow_env.backends import DEFAULT_MODEL
 from pillow_env.backends.hf import Backbone, resolve_model
 from pillow_env.encoder import load_encoder
 from pillow_env.engine import RewardEngine
@@ -90,7 +91,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--plws", default="0,0.01,0.1,0.25,1")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--lr", type=float, default=5e-4)

@@ -25,6 +25,7 @@ from pathlib import Path
 import ray
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_EPISODES_LIFETIME
 
+from pillow_env.backends import DEFAULT_MODEL
 from pillow_env.backends.hf import resolve_model
 from pillow_env.backends.local_server import LocalServer
 from pillow_env.env import PillowMatchEnv
@@ -66,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    folder = resolve_model("smollm2-135m-instruct")
+    folder = resolve_model(DEFAULT_MODEL)
     rows, replays = [], []
     with tempfile.TemporaryDirectory() as tmp:
         def run(runners: int, specs: list[str], label: str) -> dict:

@@ -4,7 +4,12 @@ Random valid actions on the real defaults (SmolLM2 + MiniLM), ``--queries`` trai
 ``--candidates`` shortlist, so the first few hundred episodes generate and the rest mostly hit the
 caches: what a long training run does to memory and speed once its episodes start repeating.
 
-Usage: ``python benchmarks/bench_soak.py [--episodes 10000]``; writes ``benchmarks/results/soak.json``.
+``--reward exact_match`` uses a plain reward function with no declared ``fingerprint``: its scores
+are never cached, so every cache hit is rescored from the cached generation (the replay rate of
+a custom reward).
+
+Usage: ``python benchmarks/bench_soak.py [--episodes 10000] [--reward pillow|exact_match]``; writes
+``benchmarks/results/soak.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pillow_env.rewards import exact_match
 from pillow_env.suite import builtin_suite
 from pillow_env.vector import PillowMatchVectorEnv
 
@@ -31,6 +37,11 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _plain_exact_match(predictions, references):
+    """A user's reward as written: a function with no ``fingerprint``."""
+    return exact_match(predictions, references)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=10_000)
@@ -38,13 +49,16 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--candidates", type=int, default=3)
     parser.add_argument("--every", type=int, default=1000, help="report every N episodes")
+    parser.add_argument("--reward", choices=("pillow", "exact_match"), default="pillow",
+                        help="PillowReward (scores cached) or a plain function without a fingerprint (rescored)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "soak.json")
     args = parser.parse_args()
     suite = builtin_suite(0)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         venv = PillowMatchVectorEnv(args.num_envs, pool=suite.pool, queries=suite.train[:args.queries],
-                                    candidates=args.candidates, cache_path=Path(tmp) / "cache.sqlite")
+                                    candidates=args.candidates, cache_path=Path(tmp) / "cache.sqlite",
+                                    reward=_plain_exact_match if args.reward == "exact_match" else None)
         venv.reset(seed=0)
         points, episodes, start = [], 0, time.perf_counter()
         last_t, last_episodes = start, 0
@@ -64,7 +78,7 @@ def main() -> None:
                 last_t, last_episodes = now, episodes
         venv.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"episodes": episodes, "num_envs": args.num_envs, "queries": args.queries,
+    args.out.write_text(json.dumps({"episodes": episodes, "reward": args.reward, "num_envs": args.num_envs, "queries": args.queries,
                                     "candidates": args.candidates, "points": points,
                                     "platform": platform.platform()}, indent=2))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from agents import make_agent
+from pillow_env.backends import DEFAULT_MODEL
 from pillow_env.backends import load_backend
 from pillow_env.encoder import load_encoder
 from pillow_env.engine import RewardEngine
@@ -25,7 +26,7 @@ from pillow_env.suite import builtin_suite
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--queries", type=int, default=119)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_check.json"))
     args = parser.parse_args()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .backends import DEFAULT_MODEL
 from .data import Example, examples_fingerprint, require_answers, resolve_examples
 
 __all__ = ["BenchConfig", "run_bench", "pool_splits"]
@@ -33,7 +34,7 @@ class BenchConfig:
     test: str = "builtin"
     agents: list[str] = field(default_factory=lambda: ["zero_shot", "random", "knn", "reinforce", "ppo"])
     shots: int = 2
-    model: str = "smollm2-135m-instruct"
+    model: str = DEFAULT_MODEL
     adapter: str | None = None
     episodes: int = 1000
     seed: int = 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+from .backends import DEFAULT_MODEL
 
 
 def _agent_list(text: str) -> list[str]:

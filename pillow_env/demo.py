@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .backends import public_spec
+from .backends import DEFAULT_MODEL, public_spec
 from .backends.hf import Backbone
 from .data import Example
 from .engine import RewardEngine
@@ -35,7 +35,7 @@ def score_selections(engine: RewardEngine, queries: Sequence[Example], selection
     return {k: float(np.mean([r.reward if k == "reward" else r.components[k] for r in results])) for k in keys}
 
 
-def run_demo(model: str = "smollm2-135m-instruct", *, shots: int = 2, queries: int | None = None,
+def run_demo(model: str = DEFAULT_MODEL, *, shots: int = 2, queries: int | None = None,
              seed: int = 0, max_new_tokens: int = 24, out: Path | None = None,
              suite: str = "builtin") -> dict[str, dict[str, float]]:
     suite = load_suite(suite, seed)

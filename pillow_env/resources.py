@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import load_backend
+from .backends import DEFAULT_MODEL, load_backend
 from .cache import LRUCache
 from .data import Example, examples_fingerprint
 from .encoder import Encoder, load_encoder
@@ -23,8 +23,6 @@ from .prompts import user_text
 from .rewards import PillowReward
 
 __all__ = ["shared_backend", "shared_engine", "embed_examples", "embed_field", "set_threads", "DEFAULT_MODEL"]
-
-DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def set_threads(threads: int | None) -> None:

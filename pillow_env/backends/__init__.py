@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BackendError", "load_backend", "load_renderer", "parse_spec", "public_spec", "loglik_token_ids"]
+__all__ = ["DEFAULT_MODEL", "BackendError", "load_backend", "load_renderer", "parse_spec", "public_spec", "loglik_token_ids"]
+
+
+DEFAULT_MODEL = "smollm2-135m-instruct"  # SmolLM2-135M-Instruct, shipped in a PyPI wheel (no hub download)
 
 
 class BackendError(RuntimeError):
