@@ -21,7 +21,7 @@ from pillow_env.data import examples_fingerprint
 from pillow_env.env import PillowMatchEnv
 from pillow_env.vector import PillowMatchVectorEnv
 
-__all__ = ["Agent", "Budget", "check_arguments", "check_pool", "unwrap", "unwrap_vector"]
+__all__ = ["Agent", "Budget", "check_arguments", "check_pool", "read_saved", "unwrap", "unwrap_vector"]
 
 CONFIG_NAME = "agent.json"
 
@@ -104,33 +104,30 @@ class Agent(ABC):
         """Learners write their weights here (safetensors or the algorithm's own zip)."""
 
     @classmethod
+    def holds(cls, saved_name: str) -> bool:
+        """Whether a folder saved under ``saved_name`` is an agent of this class."""
+        return saved_name == cls.name
+
+    @classmethod
     def load(cls, path: str | Path, *, trusted: bool = False) -> Agent:
-        """Rebuild a saved agent (any registered kind: ``Agent.load`` dispatches on the saved name).
+        """Rebuild a saved agent of this class (``agents.load_agent(dir)`` loads whatever a folder holds).
 
         Our own weights are safetensors + JSON and load from any folder. SB3 agents are SB3 zips, which
         SB3 unpickles: they load only with ``trusted=True``, for folders you made yourself.
         """
-        from .registry import AGENTS
-
+        if cls is Agent:
+            raise TypeError("Agent.load: use agents.load_agent(folder) for whatever a folder holds, "
+                            "or a concrete class's load (ListwiseAgent.load(folder))")
         path = Path(path)
-        config_file = path / CONFIG_NAME
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{path} is not a saved agent folder (no {CONFIG_NAME})")
+        saved, config, config_file = read_saved(path)
+        if not cls.holds(saved):
+            raise ValueError(f"{path} holds a saved {saved!r} agent, not a {cls.__name__}; "
+                             "load it with agents.load_agent(folder)")
+        check_arguments(cls, config, f"{config_file}: config")
         try:
-            record = json.loads(config_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{config_file}: not valid JSON ({err})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("config", {}), dict):
-            raise ValueError(f"{config_file}: expected {{'agent': name, 'config': {{...}}}}")
-        agent_cls = AGENTS.get(record.get("agent"))
-        if agent_cls is None:
-            raise ValueError(f"{config_file}: unknown agent {record.get('agent')!r}")
-        config = record.get("config", {})
-        check_arguments(agent_cls, config, f"{config_file}: config")
-        try:
-            agent = agent_cls(**config)
+            agent = cls(**config)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{config_file}: config does not fit agent {record['agent']!r} ({err})") from None
+            raise ValueError(f"{config_file}: config does not fit agent {saved!r} ({err})") from None
         weights = [p.name for p in path.iterdir() if p.name != CONFIG_NAME]
         if agent.learns and weights and getattr(agent, "pool_fingerprint", "") is None:
             raise ValueError(f"{config_file}: 'pool_fingerprint' is null, so the pool this trained agent indexes "
@@ -147,6 +144,21 @@ class Agent(ABC):
 
     def _load_weights(self, path: Path, trusted: bool = False) -> None:
         """Learners read their weights here (``trusted``: the folder may hold pickles)."""
+
+
+def read_saved(path: Path) -> tuple[str, dict[str, Any], Path]:
+    """A saved agent folder's (agent name, config, config file), each checked, naming the file."""
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} is not a saved agent folder (no {CONFIG_NAME})")
+    try:
+        record = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_file}: not valid JSON ({err})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config", {}), dict) \
+            or not isinstance(record.get("agent"), str):
+        raise ValueError(f"{config_file}: expected {{'agent': name, 'config': {{...}}}}")
+    return record["agent"], record.get("config", {}), config_file
 
 
 def check_arguments(agent_cls: Any, kwargs: dict[str, Any], where: str) -> None:

@@ -5,16 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 import inspect
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-from .base import Agent, check_arguments
+from .base import Agent, check_arguments, read_saved
 from .baselines import BM25Agent, DPPAgent, KNNAgent, MMRAgent, RandomAgent, ZeroShotAgent
 from .listwise import ListwiseAgent
 from .reinforce import ReinforceAgent
 from .rllib_ppo import RLlibPPOAgent
 from .sb3 import ALGORITHMS, SB3Agent
 
-__all__ = ["AGENTS", "make_agent", "make_seeded_agent", "agent_names"]
+__all__ = ["AGENTS", "make_agent", "make_seeded_agent", "agent_names", "load_agent"]
 
 AGENTS: dict[str, Callable[..., Agent]] = {
     "zero_shot": ZeroShotAgent,
@@ -40,6 +41,15 @@ def make_agent(name: str, **kwargs: Any) -> Agent:
         raise ValueError(f"unknown agent {name!r}; valid agents: {', '.join(AGENTS)}")
     check_arguments(AGENTS[name], kwargs, f"agent {name!r}")
     return AGENTS[name](**kwargs)
+
+
+def load_agent(path: str | Path, *, trusted: bool = False) -> Agent:
+    """Whatever agent a saved folder holds (its ``agent.json`` names the kind); ``trusted`` as in
+    :meth:`Agent.load` (SB3 zips are pickles)."""
+    saved, _, config_file = read_saved(Path(path))
+    if saved not in AGENTS:
+        raise ValueError(f"{config_file}: unknown agent {saved!r}; valid agents: {', '.join(AGENTS)}")
+    return getattr(AGENTS[saved], "func", AGENTS[saved]).load(path, trusted=trusted)
 
 
 def make_seeded_agent(name: str, seed: int, /, **kwargs: Any) -> Agent:

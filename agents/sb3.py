@@ -232,6 +232,10 @@ class SB3Agent(Agent):
     def name(self) -> str:  # type: ignore[override]
         return self.algo
 
+    @classmethod
+    def holds(cls, saved_name: str) -> bool:
+        return saved_name in ALGORITHMS
+
     def config(self) -> dict[str, Any]:
         return {"algo": self.algo, "policy": self.policy, "seed": self.seed, "algo_kwargs": self.algo_kwargs,
                 "pool_fingerprint": self.pool_fingerprint}

@@ -92,8 +92,10 @@ class Selector:
     @classmethod
     def load(cls, agent_dir: str | Path, pool: ExampleSource = "builtin", *, trusted: bool = False,
              **kwargs: Any) -> Selector:
-        """``Agent.load(agent_dir)`` (SB3 zips only with ``trusted=True``) wrapped as a selector."""
-        return cls(Agent.load(agent_dir, trusted=trusted), pool, **kwargs)
+        """Whatever agent ``agent_dir`` holds (``load_agent``; SB3 zips only with ``trusted=True``), as a selector."""
+        from .registry import load_agent
+
+        return cls(load_agent(agent_dir, trusted=trusted), pool, **kwargs)
 
     def _env(self, queries: list[Example]) -> PillowMatchEnv:
         env = PillowMatchEnv(self.pool, queries, m=self.m, encoder=self.encoder, candidates=self.candidates)

@@ -127,7 +127,7 @@ def _engine_and_envs(args: argparse.Namespace, queries_source: str, part: str, s
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from agents import Agent, make_agent
+    from agents import load_agent, make_agent
 
     from .env import PillowMatchEnv
     from .prompts import user_text
@@ -140,7 +140,7 @@ def _inspect(args: argparse.Namespace) -> None:
         raise ValueError(f"--query-index must be in [0, {count}), got {args.query_index}")
     pool, queries, encoder, engine = _engine_and_envs(args, args.queries, "test")
     env = PillowMatchEnv(pool, queries, m=args.shots, engine=engine, encoder=encoder)
-    agent = Agent.load(args.load, trusted=args.trust_pickle) if args.load else make_agent(args.agent)
+    agent = load_agent(args.load, trusted=args.trust_pickle) if args.load else make_agent(args.agent)
     agent.prepare(env)
     selection = agent.select(env, args.query_index)
     query = queries[args.query_index]

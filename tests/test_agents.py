@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from agents import Agent, Budget, ReinforceAgent, SB3Agent, evaluate, make_agent
+from agents import Agent, load_agent, Budget, ReinforceAgent, SB3Agent, evaluate, make_agent
 from pillow_env import Example, builtin_suite
 from pillow_env.engine import RewardEngine
 from pillow_env.env import PillowMatchEnv
@@ -48,8 +48,8 @@ def test_every_agent_fits_selects_saves_and_loads(name, engine, hash_encoder, tm
     agent.save(tmp_path / name)
     if isinstance(agent, SB3Agent):  # SB3 zips are pickles: refused unless the caller trusts the folder
         with pytest.raises(ValueError, match="pickle.*trusted=True"):
-            Agent.load(tmp_path / name)
-    loaded = Agent.load(tmp_path / name, trusted=True)
+            load_agent(tmp_path / name)
+    loaded = load_agent(tmp_path / name, trusted=True)
     assert loaded.name == name
     if name != "random":  # random draws anew on every call by design
         assert loaded.select_many(env, list(range(len(TEST)))) == picks
@@ -132,7 +132,7 @@ def test_matching_policy_head_trains(engine, hash_encoder, tmp_path):
     env = single(engine, hash_encoder)
     picks = agent.select_many(env, [0, 1, 2])
     agent.save(tmp_path / "m")
-    assert Agent.load(tmp_path / "m", trusted=True).select_many(env, [0, 1, 2]) == picks
+    assert load_agent(tmp_path / "m", trusted=True).select_many(env, [0, 1, 2]) == picks
     with pytest.raises(ValueError, match="actor-critic"):
         SB3Agent("dqn", policy="matching")
 

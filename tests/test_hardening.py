@@ -125,18 +125,18 @@ def test_step_after_the_episode_ended_is_a_clear_error(hash_encoder, tiny_backbo
 
 
 def test_unknown_fields_of_a_saved_agent_are_named(tmp_path):
-    from agents import Agent
+    from agents import load_agent
 
     folder = tmp_path / "agent"
     folder.mkdir()
     (folder / "agent.json").write_text(json.dumps({"agent": "knn", "config": {"neighbours": 3}}))
     with pytest.raises(ValueError, match="config does not fit agent 'knn'"):
-        Agent.load(folder)
+        load_agent(folder)
     (folder / "agent.json").write_text("{oops")
     with pytest.raises(ValueError, match="agent.json: not valid JSON"):
-        Agent.load(folder)
+        load_agent(folder)
     with pytest.raises(FileNotFoundError, match="not a saved agent folder"):
-        Agent.load(tmp_path / "nothing")
+        load_agent(tmp_path / "nothing")
 
 
 def test_examples_accept_new_queries_without_answers(tmp_path):

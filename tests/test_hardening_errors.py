@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from agents import Agent, Budget, make_agent
+from agents import Agent, load_agent, Budget, make_agent
 from pillow_env import builtin_suite
 from pillow_env.bench import BenchConfig, run_bench
 from pillow_env.cli import build_parser, main
@@ -51,7 +51,7 @@ def test_damaged_agent_folders_fail_in_one_line(trained, damage, message):
     else:
         _edit(trained, **damage)
     with pytest.raises(ValueError, match=message):
-        Agent.load(trained)
+        load_agent(trained)
 
 
 def test_bad_agent_kwargs_fail_before_the_model_loads(tmp_path, capsys, monkeypatch):
@@ -142,3 +142,16 @@ def test_global_options_after_the_subcommand_and_defaults_in_help(capsys):
         main(["bench", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 2)" in text and "(default: 24)" in text and "listwise" in text and "maskable_ppo" in text
+
+
+def test_loading_by_type(tmp_path):
+    from agents import KNNAgent, ListwiseAgent, ReinforceAgent
+
+    folder = make_agent("knn").save(tmp_path / "knn")
+    assert isinstance(load_agent(folder), KNNAgent) and isinstance(KNNAgent.load(folder), KNNAgent)
+    with pytest.raises(ValueError, match="holds a saved 'knn' agent, not a ListwiseAgent"):
+        ListwiseAgent.load(folder)
+    with pytest.raises(ValueError, match="not a ReinforceAgent"):
+        ReinforceAgent.load(folder)
+    with pytest.raises(TypeError, match="load_agent"):
+        Agent.load(folder)

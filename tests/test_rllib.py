@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from agents import Agent, Budget, make_agent
+from agents import Agent, load_agent, Budget, make_agent
 from pillow_env import builtin_suite
 from pillow_env.backends import load_backend
 from pillow_env.bench import BenchConfig, run_bench
@@ -170,7 +170,7 @@ def test_rllib_ppo_trains_on_two_runners_shares_the_cache_and_reloads(ray_local,
     picks = agent.select_many(test, list(range(6)))
     assert all(set(p) <= set(test.shortlists[i].tolist()) and len(set(p)) == 2 for i, p in enumerate(picks))
     agent.save(tmp_path / "agent")
-    assert Agent.load(tmp_path / "agent").select_many(test, list(range(6))) == picks  # no pickle involved
+    assert load_agent(tmp_path / "agent").select_many(test, list(range(6))) == picks  # no pickle involved
     with pytest.raises(ValueError, match="more than the budget"):
         make_agent("rllib_ppo").fit(named_env, Budget(episodes=8), progress=False)
 

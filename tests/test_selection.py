@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents import Agent, Budget, DPPAgent, KNNAgent, ListwiseAgent, MMRAgent, make_agent
+from agents import Agent, load_agent, Budget, DPPAgent, KNNAgent, ListwiseAgent, MMRAgent, make_agent
 from agents.set_ranker import SetRanker
 from pillow_env import Example, builtin_suite
 from pillow_env.engine import RewardEngine
@@ -205,7 +205,7 @@ def test_listwise_linear_ranker_learns_which_exemplars_help_every_query(hash_enc
     assert hits(agent.select_many(env, everything)) >= 0.9 > hits(KNNAgent().select_many(env, everything))
     assert log["chosen_penalty"] in agent.penalties and log["validation_gain"]["low"] > 0
     agent.save(tmp_path / "ranker")
-    loaded = Agent.load(tmp_path / "ranker")
+    loaded = load_agent(tmp_path / "ranker")
     assert isinstance(loaded.net, SetRanker)
     assert loaded.select_many(env, everything) == agent.select_many(env, everything)
     monkeypatch.setattr("agents.listwise.MAX_ENUMERATED_SETS", 0)  # too many sets: one member at a time

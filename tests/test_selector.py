@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from agents import Agent, Budget, SB3Agent, make_agent
+from agents import Agent, load_agent, Budget, SB3Agent, make_agent
 from agents.selector import Selector
 from pillow_env import DataError, Example, builtin_suite
 from pillow_env import resources
@@ -70,7 +70,7 @@ def test_every_saved_agent_selects_for_new_queries_without_an_llm(saved_agents, 
                                         (f"\n\n{sel.query.input}" if sel.query.input else "")}
         if name != "random":  # the same choices as the agent makes through an env over these queries
             env = PillowMatchEnv(POOL, [Example(q) if isinstance(q, str) else q for q in NEW], encoder=hash_encoder)
-            agent = Agent.load(folder, trusted=trusted)
+            agent = load_agent(folder, trusted=trusted)
             assert [s.indices for s in out] == agent.select_many(env, [0, 1, 2]), name
 
 
