@@ -24,9 +24,8 @@ from pillow_env.backends import load_backend
 from pillow_env.backends.hf import resolve_model
 from pillow_env.backends.local_server import LocalServer
 from pillow_env.encoder import load_encoder
-from pillow_env.engine import RewardEngine
+from pillow_env.resources import make_engine
 from pillow_env.env import PillowMatchEnv
-from pillow_env.rewards import PillowReward
 from pillow_env.suite import builtin_suite
 
 
@@ -57,7 +56,7 @@ def main() -> None:
         rows = {}
         for spec in specs:
             backend = load_backend(spec)
-            engine = RewardEngine(backend, PillowReward(encoder=encoder), batch_size=16)
+            engine = make_engine(backend, encoder, batch_size=16)
             start = time.perf_counter()
             scored = engine.score(requests)
             seconds = time.perf_counter() - start

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pillow_env.engine import RewardEngine
-from pillow_env.resources import DEFAULT_MODEL, shared_backend
+from pillow_env.resources import DEFAULT_MODEL, make_engine, shared_backend
 from pillow_env.encoder import load_encoder
 from pillow_env.rewards import PillowReward
 from pillow_env.suite import builtin_suite
@@ -98,13 +97,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "rewards.sqlite"
         env_kwargs = dict(pool=suite.pool, queries=suite.train, encoder=encoder)
-        engine_b = RewardEngine(backbone, reward, max_new_tokens=args.max_new_tokens, batch_size=args.num_envs,
+        engine_b = make_engine(backbone, reward=reward, max_new_tokens=args.max_new_tokens, batch_size=args.num_envs,
                                 cache_path=cache)
         venv_b = PillowMatchVectorEnv(args.num_envs, engine=engine_b, **env_kwargs)
         rewards_b, wall_b = vectorised(venv_b, episodes, desc="(b) vector env")
         engine_b.close()
 
-        engine_c = RewardEngine(backbone, reward, max_new_tokens=args.max_new_tokens, batch_size=args.num_envs,
+        engine_c = make_engine(backbone, reward=reward, max_new_tokens=args.max_new_tokens, batch_size=args.num_envs,
                                 cache_path=cache)
         venv_c = PillowMatchVectorEnv(args.num_envs, engine=engine_c, **env_kwargs)
         rewards_c, wall_c = vectorised(venv_c, episodes, repeats=args.repeats, desc="(c) warm cache")

@@ -31,10 +31,9 @@ import numpy as np
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
-from pillow_env.engine import RewardEngine
 from pillow_env.encoder import load_encoder
-from pillow_env.resources import DEFAULT_MODEL, embed_examples, shared_backend
-from pillow_env.rewards import PillowReward
+from pillow_env.engine import RewardEngine
+from pillow_env.resources import DEFAULT_MODEL, embed_examples, make_engine, shared_backend
 from pillow_env.stats import paired_bootstrap
 from pillow_env.suite import builtin_suite
 
@@ -62,8 +61,8 @@ def main() -> None:
     queries = suite.test[:args.queries]
     encoder = load_encoder("minilm")
     backbone = shared_backend(args.model)
-    generate = RewardEngine(backbone, PillowReward(encoder=encoder), cache_path=args.cache)
-    loglik = RewardEngine(backbone, PillowReward(encoder=encoder), cache_path=args.cache, signal="loglik")
+    generate = make_engine(backbone, encoder, cache_path=args.cache)
+    loglik = make_engine(backbone, encoder, cache_path=args.cache, signal="loglik")
 
     keys = embed_examples(encoder, suite.pool, with_output=False)
     similarity = embed_examples(encoder, queries, with_output=False) @ keys.T

@@ -21,15 +21,14 @@ from agents import KNNAgent, ZeroShotAgent, evaluate
 from pillow_env.backends import DEFAULT_MODEL
 from pillow_env.backends.hf import Backbone, resolve_model
 from pillow_env.encoder import load_encoder
-from pillow_env.engine import RewardEngine
+from pillow_env.resources import make_engine
 from pillow_env.env import PillowMatchEnv
-from pillow_env.rewards import PillowReward
 from pillow_env.suite import builtin_suite
 from pillow_env.training import TRAINING_RECORD, TrainConfig, train_lora
 
 def score_adapter(model: str, adapter: Path | None, suite, encoder, max_new_tokens: int) -> dict[str, dict[str, float]]:
     backbone = Backbone.from_pretrained(model, adapter=adapter)
-    engine = RewardEngine(backbone, PillowReward(encoder=encoder), max_new_tokens=max_new_tokens)
+    engine = make_engine(backbone, encoder, max_new_tokens=max_new_tokens)
     env = PillowMatchEnv(suite.pool, suite.test, m=2, engine=engine, encoder=encoder)
     return {setting: evaluate(agent, env, progress=False).means
             for setting, agent in (("zero_shot", ZeroShotAgent()), ("knn_2shot", KNNAgent()))}

@@ -21,11 +21,9 @@ from pathlib import Path
 
 from agents import make_agent
 from agents.selector import Selector
-from pillow_env.engine import RewardEngine
 from pillow_env.encoder import load_encoder
 from pillow_env.env import PillowMatchEnv
-from pillow_env.resources import DEFAULT_MODEL, forget_embeddings, shared_backend
-from pillow_env.rewards import PillowReward
+from pillow_env.resources import DEFAULT_MODEL, forget_embeddings, make_engine, shared_backend
 from pillow_env.suite import builtin_suite
 
 
@@ -71,7 +69,7 @@ def main() -> None:
                           "load_seconds": load_seconds}
             print(f"{name}: {done} selections in {seconds:.1f} s = {done / seconds:.0f}/s (load {load_seconds:.1f} s)")
 
-    engine = RewardEngine(shared_backend(args.model), PillowReward(encoder=encoder))
+    engine = make_engine(shared_backend(args.model), encoder)
     knn = Selector(make_agent("knn"), pool, model=args.model, encoder=encoder)
     requests = [(s.exemplars, s.query) for s in knn.select(queries[:args.generations])]
     start = time.perf_counter()

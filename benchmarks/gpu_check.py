@@ -18,9 +18,8 @@ from agents import make_agent
 from pillow_env.backends import DEFAULT_MODEL
 from pillow_env.backends import load_backend
 from pillow_env.encoder import load_encoder
-from pillow_env.engine import RewardEngine
+from pillow_env.resources import make_engine
 from pillow_env.env import PillowMatchEnv
-from pillow_env.rewards import PillowReward
 from pillow_env.suite import builtin_suite
 
 
@@ -38,9 +37,9 @@ def main() -> None:
     rows = {}
     for spec in (args.model, f"vllm:{args.model}"):
         backend = load_backend(spec)
-        engine = RewardEngine(backend, PillowReward(encoder=encoder), batch_size=len(requests))
+        engine = make_engine(backend, encoder, batch_size=len(requests))
         engine.score(requests[:4])  # warm-up (CUDA graphs, kernels)
-        engine = RewardEngine(backend, PillowReward(encoder=encoder), batch_size=len(requests))
+        engine = make_engine(backend, encoder, batch_size=len(requests))
         start = time.perf_counter()
         scored = engine.score(requests)
         seconds = time.perf_counter() - start

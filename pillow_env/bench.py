@@ -130,19 +130,16 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
         agents[name].check_settings(num_envs=config.num_envs)
 
     from .encoder import load_encoder
-    from .engine import RewardEngine
     from .env import PillowMatchEnv
-    from .resources import shared_backend
-    from .rewards import PillowReward
+    from .resources import make_engine, shared_backend
     from .vector import PillowMatchVectorEnv
 
     encoder = load_encoder("minilm")
     common = {"max_new_tokens": config.max_new_tokens, "batch_size": config.num_envs,
               "cache_path": config.cache or out / "cache.sqlite", "log_path": out / "trajectories.jsonl"}
     backbone = shared_backend(config.model, config.adapter)
-    engine = RewardEngine(backbone, PillowReward(encoder=encoder), **common)
-    train_engine = engine if config.train_reward == "pillow" else \
-        RewardEngine(backbone, PillowReward(encoder=encoder), signal="loglik", **common)
+    engine = make_engine(backbone, encoder, **common)
+    train_engine = engine if config.train_reward == "pillow" else make_engine(backbone, encoder, signal="loglik", **common)
     if config.train_reward == "loglik":  # a server that cannot score says so now, before any agent runs
         backbone.loglik(["Say yes."], ["yes"], mean=True)
     test_env = PillowMatchEnv(pool, test, m=config.shots, engine=engine, encoder=encoder,

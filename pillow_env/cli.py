@@ -113,16 +113,13 @@ def _bench(args: argparse.Namespace) -> None:
 def _engine_and_envs(args: argparse.Namespace, queries_source: str, part: str, signal: str = "pillow"):
     from .data import resolve_examples
     from .encoder import load_encoder
-    from .engine import RewardEngine
-    from .resources import shared_backend
-    from .rewards import PillowReward
+    from .resources import make_engine, shared_backend
 
     pool = resolve_examples(args.pool, "pool", seed=args.seed, what="--pool")
     queries = resolve_examples(queries_source, part, seed=args.seed, what=f"--{part}")
     encoder = load_encoder("minilm")
-    engine = RewardEngine(shared_backend(args.model, args.adapter), PillowReward(encoder=encoder),
-                          max_new_tokens=args.max_new_tokens, cache_path=args.cache,
-                          signal="loglik" if signal == "loglik" else "generate")
+    engine = make_engine(shared_backend(args.model, args.adapter), encoder, max_new_tokens=args.max_new_tokens,
+                         cache_path=args.cache, signal="loglik" if signal == "loglik" else "generate")
     return pool, queries, encoder, engine
 
 

@@ -16,13 +16,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .backends import DEFAULT_MODEL, public_spec
-from .backends.hf import Backbone
 from .data import Example
 from .engine import RewardEngine
-from .rewards import PillowReward
+from .resources import make_engine
 from .suite import load_suite
 
-Selector = Callable[[Example], list[Example]]
+Chooser = Callable[[Example], list[Example]]  # query -> its exemplars
 
 
 def score_selections(engine: RewardEngine, queries: Sequence[Example], selections: Sequence[Sequence[Example]],
@@ -44,13 +43,13 @@ def run_demo(model: str = DEFAULT_MODEL, *, shots: int = 2, queries: int | None 
     for ex in suite.pool:
         by_task.setdefault(ex.task, []).append(ex)
     rng = random.Random(seed)
-    settings: dict[str, Selector] = {
+    settings: dict[str, Chooser] = {
         "zero-shot": lambda q: [],
         f"random {shots}-shot": lambda q: rng.sample(suite.pool, shots),
         f"same-task {shots}-shot": lambda q: rng.sample(by_task[q.task], shots),
     }
     t0 = time.perf_counter()
-    engine = RewardEngine(Backbone.from_pretrained(model), PillowReward(), max_new_tokens=max_new_tokens)
+    engine = make_engine(model, max_new_tokens=max_new_tokens)
     print(f"loaded {public_spec(model)} and MiniLM in {time.perf_counter() - t0:.1f} s; "
           f"{len(test)} test queries, pool of {len(suite.pool)}")
     results: dict[str, dict[str, float]] = {}

@@ -15,9 +15,8 @@ from .data import Example, ExampleSource, require_answers, resolve_examples
 from .encoder import Encoder, load_encoder
 from .engine import RewardEngine, ScoredGeneration
 from .prompts import user_text
-from .resources import (DEFAULT_MODEL, embed_examples, resolve_cache_path, set_threads, shared_backend,
-                        shared_engine)
-from .rewards import PillowReward
+from .resources import (DEFAULT_MODEL, embed_examples, make_engine, resolve_cache_path, set_threads,
+                        shared_backend, shared_engine)
 
 __all__ = ["PillowMatchEnv", "Request"]
 
@@ -142,9 +141,8 @@ class PillowMatchEnv(gym.Env):
                 model, adapter, encoder, max_new_tokens, resolve_cache_path(cache_path), signal,
                 resolve_cache_path(trajectory_log))
         elif engine is None:
-            self._make_engine = lambda: RewardEngine(
-                shared_backend(model, adapter),
-                PillowReward(encoder=self.encoder) if reward is None or isinstance(reward, str) else reward,
+            self._make_engine = lambda: make_engine(
+                shared_backend(model, adapter), self.encoder, reward=None if isinstance(reward, str) else reward,
                 max_new_tokens=max_new_tokens, cache_path=resolve_cache_path(cache_path), signal=signal,
                 log_path=resolve_cache_path(trajectory_log))
 

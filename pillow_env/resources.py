@@ -22,7 +22,7 @@ from .engine import RewardEngine
 from .prompts import user_text
 from .rewards import PillowReward
 
-__all__ = ["shared_backend", "shared_engine", "embed_examples", "embed_field", "set_threads", "DEFAULT_MODEL"]
+__all__ = ["make_engine", "shared_backend", "shared_engine", "embed_examples", "embed_field", "set_threads", "DEFAULT_MODEL"]
 
 
 def set_threads(threads: int | None) -> None:
@@ -44,13 +44,25 @@ def shared_backend(model: str = DEFAULT_MODEL, adapter: str | None = None) -> An
     return load_backend(model, adapter)
 
 
+def make_engine(backend: Any, encoder: Encoder | str = "minilm", *, reward: Callable[..., Any] | None = None,
+                **settings: Any) -> RewardEngine:
+    """The one place a reward engine is built: ``backend`` (a loaded backend, or a ``model`` string),
+    scored by ``reward`` (default: ``PillowReward`` on ``encoder``); ``settings`` are
+    :class:`~pillow_env.engine.RewardEngine`'s (``signal``, ``max_new_tokens``, ``cache_path``, ...)."""
+    if isinstance(backend, str):
+        backend = shared_backend(backend)
+    if reward is None:
+        reward = PillowReward(encoder=load_encoder(encoder) if isinstance(encoder, str) else encoder)
+    return RewardEngine(backend, reward, **settings)
+
+
 @functools.lru_cache(maxsize=8)
 def shared_engine(model: str = DEFAULT_MODEL, adapter: str | None = None, encoder: str = "minilm",
                   max_new_tokens: int = 24, cache_path: str | None = None, signal: str = "generate",
                   log_path: str | None = None) -> RewardEngine:
     """The engine for the default reward (or the likelihood signal) on a named model: one per distinct setting."""
-    return RewardEngine(shared_backend(model, adapter), PillowReward(encoder=load_encoder(encoder)),
-                        max_new_tokens=max_new_tokens, cache_path=cache_path, signal=signal, log_path=log_path)
+    return make_engine(shared_backend(model, adapter), encoder, max_new_tokens=max_new_tokens, cache_path=cache_path,
+                       signal=signal, log_path=log_path)
 
 
 _EMBEDDINGS = LRUCache(maxsize=64)  # bounded: a selector streaming new queries must not grow it forever
