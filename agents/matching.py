@@ -57,9 +57,14 @@ class MatchingNetwork(nn.Module):
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, K); ``mask`` (B, K) True where a prompt may still be chosen."""
         n_chosen = step.clamp(min=1).unsqueeze(-1).float()
-        chosen_mean = chosen.sum(1) / n_chosen
         step_onehot = nn.functional.one_hot(step.long(), self.m + 1).float()
-        state = query + self.state_mlp(torch.cat([query, chosen_mean, step_onehot], dim=-1))
+        return self.score_states(torch.cat([query, chosen.sum(1) / n_chosen, step_onehot], dim=-1), mask)
+
+    def score_states(self, states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, K) of states already laid out as ``[query, mean chosen, one-hot step]`` (B, 2d + m + 1),
+        the form SB3's feature extractor gives (:mod:`agents.sb3`)."""
+        d = self.prompts.shape[1]
+        state = states[:, :d] + self.state_mlp(states)
         keys = self.prompts + self.prompt_mlp(self.prompts)
         logits = state @ keys.T / self.temperature
         if mask is not None:

@@ -2,7 +2,12 @@
 
 :class:`SB3VecEnv` exposes our vector env as an SB3 ``VecEnv`` (no subprocesses, no model copies);
 :class:`SB3Agent` trains any supported algorithm on it with SB3's own callbacks, logging and
-save/load. ``policy="matching"`` swaps the action head for PILLOW's matching network.
+save/load. The actor-critic algorithms (PPO, A2C, MaskablePPO) act through PILLOW's matching
+network by default, initialised to kNN like every other learner here, so swapping the algorithm
+compares algorithms, not architectures; ``policy="MultiInputPolicy"`` gives SB3's MLP instead.
+DQN keeps SB3's Q-network: it regresses Q-values onto rewards in [-1, 1], and the kNN start's
+logits (cosines / temperature, about 10) are no such values, so its first updates would discard
+that start rather than refine it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pillow_env.resources import embed_examples
 from pillow_env.vector import PillowMatchVectorEnv
 
 from .base import Agent, Budget, check_pool, greedy_rollout, unwrap_vector
+from .matching import MatchingNetwork
 
 __all__ = ["SB3VecEnv", "SB3Agent", "MatchingPolicy", "MaskableMatchingPolicy", "ALGORITHMS"]
 
@@ -146,24 +152,19 @@ class _MatchingFeatures(BaseFeaturesExtractor):
 
 
 class _MatchingHead(nn.Module):
-    def __init__(self, prompts: torch.Tensor, d: int, features_dim: int, hidden: int, temperature: float) -> None:
+    """The action head: :class:`~agents.matching.MatchingNetwork` (kNN-initialised) on the extracted state."""
+
+    def __init__(self, prompts: torch.Tensor, m: int, hidden: int, temperature: float) -> None:
         super().__init__()
-        self.d, self.temperature = d, temperature
-        self.register_buffer("prompts", prompts.float().clone())
-        self.prompt_mlp = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d))
-        self.state_mlp = nn.Sequential(nn.Linear(features_dim, hidden), nn.ReLU(), nn.Linear(hidden, d))
-        for mlp in (self.prompt_mlp, self.state_mlp):  # start as kNN: residual corrections at zero
-            nn.init.zeros_(mlp[-1].weight)
-            nn.init.zeros_(mlp[-1].bias)
+        self.net = MatchingNetwork(prompts, m, hidden, temperature, knn_init=True)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        state = features[:, :self.d] + self.state_mlp(features)
-        keys = self.prompts + self.prompt_mlp(self.prompts)
-        return state @ keys.T / self.temperature
+        return self.net.score_states(features)
 
 
 class _MatchingHeadMixin:
-    """Replaces an actor-critic policy's action head by PILLOW's matching network.
+    """Replaces an actor-critic policy's action head by PILLOW's matching network, the same module and
+    kNN initialisation REINFORCE and listwise start from (so the untrained greedy policy is kNN).
 
     Pass ``prompts`` (K, d pool embeddings) through ``policy_kwargs``; the critic stays a plain MLP.
     """
@@ -177,8 +178,8 @@ class _MatchingHeadMixin:
 
     def _build(self, lr_schedule) -> None:
         super()._build(lr_schedule)
-        self.action_net = _MatchingHead(self._prompts, self._prompts.shape[1], self.features_dim, self._hidden,
-                                        self._temperature)
+        m = self.features_dim - 2 * self._prompts.shape[1] - 1
+        self.action_net = _MatchingHead(self._prompts, m, self._hidden, self._temperature)
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
 
@@ -208,18 +209,19 @@ class SB3Agent(Agent):
 
     Args:
         algo: the algorithm.
-        policy: ``"MultiInputPolicy"`` (SB3's default for Dict observations) or ``"matching"``
-            (:class:`MatchingPolicy`; actor-critic algorithms only).
+        policy: ``"matching"`` (:class:`MatchingPolicy`, kNN-initialised: the default of the actor-critic
+            algorithms) or ``"MultiInputPolicy"`` (SB3's MLP for Dict observations; DQN's default).
         seed: SB3 seed.
         algo_kwargs: overrides of our defaults (see ``_defaults``), passed to the algorithm.
     """
 
     learns = True
 
-    def __init__(self, algo: str = "ppo", policy: str = "MultiInputPolicy", seed: int = 0,
+    def __init__(self, algo: str = "ppo", policy: str | None = None, seed: int = 0,
                  algo_kwargs: dict[str, Any] | None = None, pool_fingerprint: str | None = None) -> None:
         if algo not in ALGORITHMS:
             raise ValueError(f"unknown SB3 algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
+        policy = policy or ("MultiInputPolicy" if algo == "dqn" else "matching")
         if policy == "matching" and algo == "dqn":
             raise ValueError("policy='matching' needs an actor-critic algorithm (ppo, a2c, maskable_ppo), not dqn")
         self.algo, self.policy, self.seed = algo, policy, seed

@@ -140,3 +140,36 @@ def test_matching_policy_head_trains(engine, hash_encoder, tmp_path):
 def test_generation_budget_is_respected(engine, hash_encoder):
     log = ReinforceAgent().fit(vec(engine, hash_encoder), Budget(generations=10), progress=False)
     assert 10 <= log["generations"] <= 10 + 4
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "maskable_ppo"])
+def test_sb3_actor_critics_start_as_knn(algo, engine, hash_encoder):
+    """The same kNN-initialised matching network as REINFORCE: before any update, greedy = kNN."""
+    agent = SB3Agent(algo)
+    assert agent.policy == "matching" and SB3Agent("dqn").policy == "MultiInputPolicy"
+    agent.fit(vec(engine, hash_encoder), Budget(episodes=1), progress=False)  # builds the model, stops before any update
+    env = single(engine, hash_encoder)
+    knn = make_agent("knn").select_many(env, list(range(len(TEST))))
+    assert [set(s) for s in agent.select_many(env, list(range(len(TEST))))] == [set(s) for s in knn]  # kNN orders nearest last
+
+
+class FavouredGenerator(StubGenerator):
+    """Answers well exactly when a given pool entry is among the exemplars."""
+
+    def generate(self, prompts, max_new_tokens=0, *, batch_size=0, stop=()):
+        return ["good" if self.best in json.loads(p)["ex"] else "bad" for p in prompts]
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "maskable_ppo"])
+def test_sb3_actor_critics_learn_a_favoured_exemplar(algo, hash_encoder):
+    pool = [Example(f"Example number {k}.", f"p{k}", f"answer {k}") for k in range(10)]
+    queries = [Example("Translate the word into French.", w, "x", {"cls": "fr"})
+               for w in ["cat", "dog", "house", "tree", "car", "book", "sun", "moon"]]
+    engine = RewardEngine(FavouredGenerator("p6"), stub_reward)
+    env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
+    knn_hits = np.mean(["p6" in {pool[a].input for a in sel} for sel in make_agent("knn").select_many(env, range(8))])
+    agent = SB3Agent(algo, seed=0, algo_kwargs={"learning_rate": 3e-3})
+    agent.fit(PillowMatchVectorEnv(16, pool=pool, queries=queries, engine=engine, encoder=hash_encoder),
+              Budget(episodes=640), progress=False)
+    hits = np.mean(["p6" in {pool[a].input for a in sel} for sel in agent.select_many(env, range(8))])
+    assert knn_hits < 0.5 and hits == 1.0, f"{algo}: kNN {knn_hits:.2f}, learned {hits:.2f}"
