@@ -33,7 +33,7 @@ from .backends.hf import Backbone
 from .data import Example, examples_fingerprint
 from .prompts import PromptRenderer
 
-__all__ = ["TrainConfig", "tokenize_weighted", "weighted_loss", "train_lora", "TRAINING_RECORD"]
+__all__ = ["TrainConfig", "tokenize_weighted", "weighted_loss", "train_lora", "train_full", "TRAINING_RECORD"]
 
 TRAINING_RECORD = "pillow_training.json"
 CHECKPOINT_DIR = "checkpoint"
@@ -146,10 +146,8 @@ def train_lora(base: str | Backbone, examples: Sequence[Example], config: TrainC
     is kept every ``checkpoint_every`` steps; with ``resume`` an interrupted run continues from it.
     """
     from peft import LoraConfig, get_peft_model
-    from safetensors.torch import load_file, save_file
 
     config = config or TrainConfig()
-    out = Path(output_dir)
     if exemplars is not None and len(exemplars) != len(examples):
         raise ValueError(f"exemplars has {len(exemplars)} entries for {len(examples)} examples")
     backbone = base if isinstance(base, Backbone) else Backbone.from_pretrained(base)
@@ -157,6 +155,38 @@ def train_lora(base: str | Backbone, examples: Sequence[Example], config: TrainC
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.target_modules), task_type="CAUSAL_LM")
     model = get_peft_model(backbone.model, lora)
+    return _fit(backbone, model, examples, config, Path(output_dir), exemplars, progress, resume, checkpoints=True)
+
+
+def train_full(base: str | Backbone, examples: Sequence[Example], config: TrainConfig | None = None, *,
+               output_dir: str | Path, exemplars: Sequence[Sequence[Example]] | None = None,
+               progress: bool = True) -> Path:
+    """Supervised fine-tuning of every weight (the reference PILLOW compares LoRA with), with the
+    same prompt-loss-weighted objective, data order and schedule as :func:`train_lora`.
+
+    Writes the whole model and its tokenizer (``save_pretrained``, safetensors), loadable as a
+    ``model=`` folder, plus ``pillow_training.json``. No mid-run checkpoints: a full copy of the
+    weights per checkpoint is not worth it at this scale; an interrupted run starts again.
+    """
+    config = config or TrainConfig()
+    if exemplars is not None and len(exemplars) != len(examples):
+        raise ValueError(f"exemplars has {len(exemplars)} entries for {len(examples)} examples")
+    backbone = base if isinstance(base, Backbone) else Backbone.from_pretrained(base)
+    torch.manual_seed(config.seed)
+    for parameter in backbone.model.parameters():
+        parameter.requires_grad_(True)
+    out = _fit(backbone, backbone.model, examples, config, Path(output_dir), exemplars, progress, resume=False,
+               checkpoints=False)
+    backbone.tokenizer.save_pretrained(out)
+    return out
+
+
+def _fit(backbone: Backbone, model: Any, examples: Sequence[Example], config: TrainConfig, out: Path,
+         exemplars: Sequence[Sequence[Example]] | None, progress: bool, resume: bool, checkpoints: bool) -> Path:
+    """The training loop both methods share: weighted loss, AdamW on what ``model`` lets train,
+    linear decay, the record; LoRA checkpoints (and resumes) every ``checkpoint_every`` steps."""
+    from safetensors.torch import load_file, save_file
+
     sequences = [tokenize_weighted(backbone.renderer, ex, config.plw, max_length=config.max_length,
                                    exemplars=exemplars[i] if exemplars is not None else ())
                  for i, ex in enumerate(examples)]
@@ -206,7 +236,7 @@ def train_lora(base: str | Backbone, examples: Sequence[Example], config: TrainC
         curve.append({"step": step, "loss": step_loss})
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}")
-        if step % config.checkpoint_every == 0 and step < total_steps:
+        if checkpoints and step % config.checkpoint_every == 0 and step < total_steps:
             _save_checkpoint(model, optimizer, scheduler, checkpoint, step, curve, config, examples, save_file)
     bar.close()
     seconds = time.perf_counter() - started
@@ -218,6 +248,7 @@ def train_lora(base: str | Backbone, examples: Sequence[Example], config: TrainC
     completion_tokens = np.mean([s.completion_tokens for s in sequences])
     record = {"base_model": backbone.name, "plw": config.plw, "data_fingerprint": examples_fingerprint(examples),
               "examples": len(examples), "generation_ratio": float(completion_tokens / prompt_tokens),
+              "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "mean_prompt_tokens": float(prompt_tokens), "mean_completion_tokens": float(completion_tokens),
               "steps": step, "train_seconds": seconds, "tokens_per_second": tokens_seen / max(seconds, 1e-9),
               "config": _jsonable(config), "loss_curve": curve}

@@ -5,7 +5,7 @@ import torch
 
 from pillow_env import Example, PromptRenderer
 from pillow_env.backends.hf import Backbone
-from pillow_env.training import (TRAINING_RECORD, TrainConfig, collate, tokenize_weighted, train_lora,
+from pillow_env.training import (TRAINING_RECORD, TrainConfig, collate, tokenize_weighted, train_full, train_lora,
                                  weighted_loss)
 
 from .conftest import make_backbone
@@ -159,3 +159,24 @@ def test_interrupted_training_resumes_to_the_same_adapter(tiny_model_dir, tmp_pa
 def test_bad_plw_is_rejected():
     with pytest.raises(ValueError, match=r"plw must be in \[0, 1\]"):
         TrainConfig(plw=1.5)
+
+
+def test_sft_changes_every_weight_and_lora_only_the_adapters(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    config = TrainConfig(plw=0.0, max_steps=3, batch_size=4, lr=1e-2, seed=0)
+    before = {k: v.clone() for k, v in Backbone.from_pretrained(str(tiny_model_dir)).model.state_dict().items()}
+    sft = train_full(str(tiny_model_dir), EXAMPLES, config, output_dir=tmp_path / "sft", progress=False)
+    after = Backbone.from_pretrained(str(sft)).model.state_dict()  # loads as a plain model folder
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert set(changed) == {k for k, v in before.items() if v.dtype.is_floating_point} - {"model.rotary_emb.inv_freq"}
+    record = json.loads((sft / TRAINING_RECORD).read_text())
+    assert record["trainable_parameters"] == sum(v.numel() for k, v in before.items() if k in changed)
+
+    lora = train_lora(str(tiny_model_dir), EXAMPLES, config, output_dir=tmp_path / "lora", progress=False)
+    adapter = load_file(str(lora / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in k for k in adapter)
+    lora_record = json.loads((lora / TRAINING_RECORD).read_text())
+    assert 0 < lora_record["trainable_parameters"] < record["trainable_parameters"] / 10
+    base_again = Backbone.from_pretrained(str(tiny_model_dir)).model.state_dict()
+    assert all(torch.equal(before[k], base_again[k]) for k in before)  # the base folder itself is untouched

@@ -1,0 +1,242 @@
+"""PILLOW's headline table: LoRA vs LoRA + matched prompts vs full fine-tuning, on one set of queries.
+
+    python benchmarks/bench_pillow.py --data PATH|t0|builtin [--test-size N] [--max-new-tokens 24] \
+        [--out benchmarks/results/pillow/NAME]
+
+On the same pool / train / test queries it builds these rows, every one scored by ``PillowReward``
+on the same test queries and compared with *LoRA zero-shot* (paired, 95% bootstrap interval):
+
+- base model: zero-shot, kNN prompts, learned prompts (``listwise`` trained on the base model);
+- LoRA: zero-shot, kNN prompts, learned prompts trained against the LoRA model (= PILLOW). The
+  prompt-loss weight is chosen on training data only: each ``--plw`` value trains an adapter on
+  the training split less a held-out slice, judged by zero-shot reward on that slice;
+- SFT: every weight fine-tuned on the same training data with the same objective, zero-shot (the
+  paper's reference).
+
+Cost columns: trainable parameters, training wall time, peak resident memory while training, and
+LLM calls spent on selection. A file (Dolly's ``databricks-dolly-15k.jsonl``, or any JSON/JSONL
+``load_examples`` reads) is filtered to records whose instruction + context fit ``--max-prompt-chars``
+and whose answer has at most ``--max-answer-words`` words, then split by ``--seed`` (stratified by
+``category``). Writes ``OUT/results.json``, ``OUT/results.md``, ``OUT/pillow.png``, and each
+bench's full results under ``OUT/bench-{base,lora,sft}/``; re-running skips finished parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pillow_env.backends import DEFAULT_MODEL
+from pillow_env.backends.hf import Backbone
+from pillow_env.bench import BenchConfig, run_bench
+from pillow_env.data import Example, load_examples, split_examples
+from pillow_env.resources import make_engine, shared_backend
+from pillow_env.stats import paired_bootstrap
+from pillow_env.suite import SUITES, load_suite
+from pillow_env.training import TRAINING_RECORD, TrainConfig, train_full, train_lora
+
+ROWS = [("base", "zero_shot", "base zero-shot"), ("base", "knn", "base + kNN prompts"),
+        ("base", "listwise", "base + learned prompts"), ("lora", "zero_shot", "LoRA zero-shot"),
+        ("lora", "knn", "LoRA + kNN prompts"), ("lora", "listwise", "LoRA + learned prompts (PILLOW)"),
+        ("sft", "zero_shot", "SFT zero-shot")]
+REFERENCE = ("lora", "zero_shot")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@contextmanager
+def peak_rss() -> Iterator[dict[str, float]]:
+    """The largest resident set size (MB) seen while the block runs, sampled every 50 ms."""
+    seen = {"peak_mb": _rss_mb()}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            seen["peak_mb"] = max(seen["peak_mb"], _rss_mb())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        thread.join()
+        seen["peak_mb"] = max(seen["peak_mb"], _rss_mb())
+
+
+def split_data(args: argparse.Namespace) -> tuple[list[Example], list[Example], list[Example]]:
+    """Pool / train / test: a built-in suite's parts, or a filtered, seeded split of a file."""
+    if args.data in SUITES:
+        suite = load_suite(args.data, args.seed)
+        parts = suite.pool, suite.train, suite.test
+        sizes = (args.pool_size, args.train_size, args.test_size)
+        return tuple(list(part[:n] if n else part) for part, n in zip(parts, sizes))  # type: ignore[return-value]
+    records = [e for e in load_examples(args.data)
+               if len(e.instruction) + len(e.input) <= args.max_prompt_chars
+               and 0 < len(e.output.split()) <= args.max_answer_words]
+    sizes = (args.pool_size or 64, args.train_size or 256, args.test_size or 128)
+    if sum(sizes) > len(records):
+        raise SystemExit(f"--data {args.data}: {len(records)} records pass the filters, {sum(sizes)} needed")
+    random.Random(args.seed).shuffle(records)
+    pool, train, test = split_examples(records, sizes, seed=args.seed)
+    return pool, train, test
+
+
+def _write(path: Path, examples: list[Example]) -> str:
+    path.write_text("".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in examples))
+    return str(path)
+
+
+def choose_plw(args: argparse.Namespace, train: list[Example], out: Path) -> tuple[float, dict[str, float]]:
+    """Each PLW value trains on the training split less its last ``--dev-size`` queries, judged by
+    zero-shot reward on those (training data only: the test split is not touched)."""
+    fit, dev = train[:-args.dev_size], train[-args.dev_size:]
+    scores: dict[str, float] = {}
+    for plw in args.plw:
+        folder = out / "plw-selection" / f"plw-{plw:g}"
+        if not (folder / TRAINING_RECORD).is_file():
+            train_lora(args.model, fit, _config(args, plw, args.lora_steps), output_dir=folder)
+        engine = make_engine(shared_backend(args.model, str(folder)), max_new_tokens=args.max_new_tokens,
+                             cache_path=out / "cache.sqlite")
+        scores[f"{plw:g}"] = float(sum(r.reward for r in engine.score([([], q) for q in dev])) / len(dev))
+        print(f"PLW {plw:g}: zero-shot reward {scores[f'{plw:g}']:.3f} on {len(dev)} held-out training queries")
+    best = max(args.plw, key=lambda p: scores[f"{p:g}"])
+    return best, scores
+
+
+def _config(args: argparse.Namespace, plw: float, steps: int) -> TrainConfig:
+    return TrainConfig(plw=plw, max_steps=steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                       lora_r=args.lora_r)
+
+
+def train(kind: str, args: argparse.Namespace, plw: float, train_set: list[Example], out: Path) -> dict[str, Any]:
+    """Train the LoRA adapter or the SFT model once (kept in OUT); its cost as measured then."""
+    folder = out / kind
+    cost_file = folder / "cost.json"
+    if cost_file.is_file():
+        return json.loads(cost_file.read_text())
+    start = time.perf_counter()
+    with peak_rss() as memory:
+        base = Backbone.from_pretrained(args.model)  # a fresh copy: SFT changes it in place
+        if kind == "lora":
+            train_lora(base, train_set, _config(args, plw, args.lora_steps), output_dir=folder)
+        else:
+            train_full(base, train_set, _config(args, plw, args.sft_steps), output_dir=folder)
+    record = json.loads((folder / TRAINING_RECORD).read_text())
+    cost = {"trainable_parameters": record["trainable_parameters"], "train_seconds": time.perf_counter() - start,
+            "peak_rss_mb": memory["peak_mb"], "steps": record["steps"], "plw": plw}
+    cost_file.write_text(json.dumps(cost, indent=2))
+    return cost
+
+
+def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    lines = [f"Model `{settings['model']}`, {settings['shots']} shots, {settings['test']} test queries, "
+             f"max_new_tokens {settings['max_new_tokens']}, PLW {settings['plw']:g} (chosen on training data), "
+             f"seed {settings['seed']}.", "",
+             "| setting | reward | vs LoRA zero-shot [95% paired CI] | ROUGE-L | semantic | exact match | "
+             "trainable parameters | training s | peak RSS MB | selection LLM calls |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r["paired"]
+        paired = "-" if d is None else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+        cost = r["cost"]
+        params = f"{cost['trainable_parameters']:,}" if cost else "0"
+        seconds = f"{cost['train_seconds']:.0f}" if cost else "0"
+        memory = f"{cost['peak_rss_mb']:.0f}" if cost else "-"
+        lines.append(f"| {r['setting']} | {r['reward']:.3f} | {paired} | {r['rouge_l']:.3f} | {r['semantic']:.3f} | "
+                     f"{r['exact_match']:.3f} | {params} | {seconds} | {memory} | {r['selection_calls']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    names = [r["setting"] for r in rows]
+    ax.barh(names, [r["reward"] for r in rows], color=["C0" if r["paired"] else "C1" for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("reward (0.5 ROUGE-L + 0.5 MiniLM cosine), same test queries")
+    ax.set_title("PILLOW: LoRA vs LoRA + matched prompts vs SFT")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", required=True, help="a dataset file (e.g. databricks-dolly-15k.jsonl) or a "
+                                                      "built-in suite: builtin, t0")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--pool-size", type=int, default=0, help="0: the suite's own (a file: 64)")
+    parser.add_argument("--train-size", type=int, default=0, help="0: the suite's own (a file: 256)")
+    parser.add_argument("--test-size", type=int, default=0, help="0: the suite's own (a file: 128)")
+    parser.add_argument("--dev-size", type=int, default=48, help="held-out training queries that choose the PLW")
+    parser.add_argument("--max-prompt-chars", type=int, default=600, help="file data: instruction + context length")
+    parser.add_argument("--max-answer-words", type=int, default=40, help="file data: answer length")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--plw", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 0.01, 0.1],
+                        help="prompt-loss weights to choose from (comma-separated)")
+    parser.add_argument("--lora-steps", type=int, default=60)
+    parser.add_argument("--sft-steps", type=int, default=60)
+    parser.add_argument("--lr", type=float, default=5e-4, help="LoRA learning rate (SFT uses a tenth of it)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--episodes", type=int, default=2000, help="LLM calls each listwise learner may spend")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pillow/run"))
+    args = parser.parse_args(argv)
+    out = args.out
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    pool, train_set, test = split_data(args)
+    files = {name: _write(out / "data" / f"{name}.jsonl", part)
+             for name, part in (("pool", pool), ("train", train_set), ("test", test))}
+    plw, plw_scores = choose_plw(args, train_set, out)
+    costs = {"base": None, "lora": train("lora", args, plw, train_set, out)}
+    sft_args = argparse.Namespace(**{**vars(args), "lr": args.lr / 10})
+    costs["sft"] = train("sft", sft_args, plw, train_set, out)
+
+    models = {"base": (args.model, None), "lora": (args.model, str(out / "lora")), "sft": (str(out / "sft"), None)}
+    results = {}
+    for kind, (model, adapter) in models.items():
+        agents = ["zero_shot"] if kind == "sft" else ["zero_shot", "knn", "listwise"]
+        results[kind] = run_bench(BenchConfig(pool=files["pool"], train=files["train"], test=files["test"],
+                                              agents=agents, model=model, adapter=adapter, episodes=args.episodes,
+                                              seed=args.seed, out=str(out / f"bench-{kind}"),
+                                              cache=str(out / "cache.sqlite"), max_new_tokens=args.max_new_tokens))
+    reference = {q["query_index"]: q["reward"] for q in results[REFERENCE[0]]["agents"][REFERENCE[1]]["per_query"]}
+    rows = []
+    for kind, agent, setting in ROWS:
+        record = results[kind]["agents"][agent]
+        diffs = [q["reward"] - reference[q["query_index"]] for q in record["per_query"]]
+        rows.append({"setting": setting, "model": kind, "agent": agent,
+                     **{k: record[k] for k in ("reward", "rouge_l", "semantic", "exact_match")},
+                     "paired": None if (kind, agent) == REFERENCE else paired_bootstrap(diffs),
+                     "cost": costs[kind], "selection_calls": record["train_generations"]})
+    settings = {"data": args.data, "model": args.model, "shots": 2, "test": len(test), "pool": len(pool),
+                "train": len(train_set), "max_new_tokens": args.max_new_tokens, "plw": plw,
+                "plw_scores": plw_scores, "seed": args.seed, "lora_steps": args.lora_steps,
+                "sft_steps": args.sft_steps, "episodes": args.episodes}
+    summary = {"settings": settings, "rows": rows}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    (out / "results.md").write_text(table(rows, settings))
+    plot(rows, out / "pillow.png")
+    print(table(rows, settings))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
