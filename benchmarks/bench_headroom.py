@@ -35,7 +35,7 @@ from pillow_env.encoder import load_encoder
 from pillow_env.engine import RewardEngine
 from pillow_env.resources import DEFAULT_MODEL, embed_examples, make_engine, shared_backend
 from pillow_env.stats import paired_bootstrap
-from pillow_env.suite import builtin_suite
+from pillow_env.suite import SUITES, load_suite
 
 
 def score_all(engine: RewardEngine, requests: list, desc: str, chunk: int = 64) -> np.ndarray:
@@ -53,11 +53,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=None, help="first N test queries (default: all)")
     parser.add_argument("--loglik-queries", type=int, default=40, help="queries also scored by likelihood")
     parser.add_argument("--seed", type=int, default=0, help="built-in suite seed")
+    parser.add_argument("--suite", choices=tuple(SUITES), default="builtin", help="built-in suite")
     parser.add_argument("--cache", default=None, help="SQLite reward cache (share it with `bench --cache`)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "headroom")
     args = parser.parse_args()
 
-    suite = builtin_suite(args.seed)
+    suite = load_suite(args.suite, args.seed)
     queries = suite.test[:args.queries]
     encoder = load_encoder("minilm")
     backbone = shared_backend(args.model)

@@ -43,6 +43,7 @@ class BenchConfig:
     num_envs: int = 16
     max_new_tokens: int = 24
     test_limit: int | None = None
+    train_limit: int | None = None
     agent_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     candidates: int | None = None
     train_reward: str = "pillow"
@@ -90,6 +91,8 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
                          "add it, or compare with one of them")
     if config.test_limit is not None:
         test = test[:config.test_limit]
+    if config.train_limit is not None:
+        train = train[:config.train_limit]
     # Everything that can be wrong is checked here, before the model loads and before any agent runs.
     out = Path(config.out)
     if out.exists() and not out.is_dir():

@@ -106,6 +106,7 @@ def _bench(args: argparse.Namespace) -> None:
                           model=args.model, adapter=args.adapter, episodes=args.episodes, seed=args.seed,
                           out=str(args.out), cache=args.cache, num_envs=args.num_envs,
                           max_new_tokens=args.max_new_tokens, test_limit=args.test_limit,
+                          train_limit=args.train_limit,
                           agent_kwargs=args.agent_kwargs, candidates=args.candidates,
                           train_reward=args.train_reward, reference=args.reference, splits=args.splits))
 
@@ -290,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--num-envs", type=_positive, default=16, help="episodes scored per batched LLM call while training")
     _add_training(bench)
     bench.add_argument("--test-limit", type=_positive, default=None, help="evaluate on the first N test queries")
+    bench.add_argument("--train-limit", type=_positive, default=None,
+                       help="train on the first N training queries (a learning curve: gain vs queries)")
     bench.add_argument("--agent-kwargs", type=_agent_kwargs, default={},
                        help='per-agent constructor arguments as JSON, e.g. \'{"reinforce": {"lr": 0.001}}\'')
     bench.add_argument("--reference", type=_agent_name, default=None,

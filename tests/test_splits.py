@@ -70,3 +70,13 @@ def test_t0_suite_through_env_selector_and_cli(tiny_backbone, hash_encoder, tmp_
     assert [selector.pool[i] for i in selection.indices] == selection.exemplars
     args = build_parser().parse_args(["bench", "--suite", "t0", "--test", "builtin"])
     assert (args.suite, args.pool, args.test) == ("t0", None, "builtin")
+
+
+def test_train_limit_takes_the_first_training_queries(tiny_model_dir, tmp_path):
+    from pillow_env import builtin_suite
+    from pillow_env.data import examples_fingerprint
+
+    results = run_bench(BenchConfig(agents=["knn", "listwise"], model=str(tiny_model_dir), out=str(tmp_path / "b"),
+                                    test_limit=2, train_limit=6, episodes=12, max_new_tokens=2), progress=False)
+    assert results["settings"]["train"] == examples_fingerprint(builtin_suite(0).train[:6])
+    assert results["agents"]["listwise"]["train_generations"] <= 12
