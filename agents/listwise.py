@@ -177,6 +177,29 @@ class ListwiseAgent(Agent):
         self.pool_fingerprint = check_pool(env, None)
         self.net = self._new_network(env.envs[0] if hasattr(env, "envs") else env)
 
+    def transfer(self, env: PillowMatchEnv) -> ListwiseAgent:
+        """This trained agent, re-pointed at ``env``'s pool: a new agent whose network scores that pool's
+        entries with the weights learned here (the matching network's MLPs take any embedding; only
+        its stored pool changes). No LLM call: a learner trained on one suite selects for another.
+        The linear ranker's per-entry biases belong to its own pool, so it does not transfer."""
+        import copy
+
+        if self.net is None:
+            raise ValueError("transfer: fit or load the agent first")
+        if self.model != "matching":
+            raise ValueError(f"transfer: model={self.model!r} learns a bias per pool entry, which does not carry "
+                             "over to another pool; use model='matching'")
+        moved = copy.deepcopy(self)
+        keys = torch.as_tensor(embed_examples(env.encoder, env.pool, with_output=False)).float()
+        if keys.shape[1] != moved.net.prompts.shape[1]:
+            raise ValueError(f"transfer: the env's encoder gives {keys.shape[1]}-dim embeddings, the agent was "
+                             f"trained on {moved.net.prompts.shape[1]}")
+        if env.m != moved.net.m:
+            raise ValueError(f"transfer: the agent picks m={moved.net.m} exemplars, the env m={env.m}")
+        moved.net.prompts = keys
+        moved.pool_fingerprint = check_pool(env, None)
+        return moved
+
     def _similarity(self, env: PillowMatchEnv, query_index: int) -> np.ndarray:
         return embed_examples(env.encoder, env.pool, with_output=False) @ env.query_embeddings[query_index]
 

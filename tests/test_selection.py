@@ -317,3 +317,22 @@ def test_paired_bootstrap_interval():
     assert noisy["low"] < noisy["mean"] < noisy["high"] and noisy["low"] > 0 and noisy["n"] == 400
     with pytest.raises(ValueError, match="no differences"):
         paired_bootstrap([])
+
+
+def test_listwise_transfers_to_another_pool_without_llm_calls(hash_encoder, tmp_path):
+    pool = [Example(f"Example number {k}.", f"p{k}", f"answer {k}") for k in range(10)]
+    queries = [Example("Translate the word into French.", w, "x") for w in ["cat", "dog", "house", "tree"]]
+    env = PillowMatchEnv(pool, queries, encoder=hash_encoder)  # no LLM is loaded: selection never scores
+    other = PillowMatchEnv(SUITE.pool[:12], SUITE.test[:6], encoder=hash_encoder)
+    agent = make_agent("listwise")
+    agent.prepare(env)
+    with pytest.raises(ValueError, match="different exemplar pool"):
+        agent.select_many(other, [0])
+    moved = agent.transfer(other)
+    assert moved.net.prompts.shape[0] == 12 and agent.net.prompts.shape[0] == 10  # the original is untouched
+    knn = make_agent("knn").select_many(other, list(range(6)))
+    assert [set(s) for s in moved.select_many(other, list(range(6)))] == [set(s) for s in knn]  # kNN start carries over
+    linear = make_agent("listwise", model="linear")
+    linear.prepare(env)
+    with pytest.raises(ValueError, match="does not carry over"):
+        linear.transfer(other)
