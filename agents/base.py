@@ -115,9 +115,14 @@ class Agent(ABC):
         Our own weights are safetensors + JSON and load from any folder. SB3 agents are SB3 zips, which
         SB3 unpickles: they load only with ``trusted=True``, for folders you made yourself.
         """
-        if cls is Agent:
-            raise TypeError("Agent.load: use agents.load_agent(folder) for whatever a folder holds, "
-                            "or a concrete class's load (ListwiseAgent.load(folder))")
+        if cls is Agent:  # kept for code written before load_agent; the registry is imported only here
+            import warnings
+
+            from .registry import load_agent
+
+            warnings.warn("Agent.load(folder) is deprecated: use agents.load_agent(folder)", DeprecationWarning,
+                          stacklevel=2)
+            return load_agent(path, trusted=trusted)
         path = Path(path)
         saved, config, config_file = read_saved(path)
         if not cls.holds(saved):
@@ -134,8 +139,8 @@ class Agent(ABC):
                              "cannot be checked; re-save the agent (or fix the file)")
         try:
             agent._load_weights(path, trusted=trusted)
-        except (FileNotFoundError, PermissionError):
-            raise
+        except (FileNotFoundError, PermissionError, ValueError):
+            raise  # our own refusals (e.g. an untrusted pickle) say what they are
         except Exception as err:  # safetensors, torch and SB3 raise their own types for a damaged file
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise ValueError(f"{path}: the saved weights do not load with {CONFIG_NAME}'s settings (damaged, or "
@@ -162,10 +167,15 @@ def read_saved(path: Path) -> tuple[str, dict[str, Any], Path]:
 
 
 def check_arguments(agent_cls: Any, kwargs: dict[str, Any], where: str) -> None:
-    """Refuse arguments whose type does not match the constructor's default (``lr="fast"``), naming them,
-    before anything runs; names the constructor does not take are left to it (its TypeError)."""
+    """Refuse arguments the constructor does not take, or whose type does not match its default
+    (``lr="fast"``), naming them, before anything runs."""
     target = getattr(agent_cls, "func", agent_cls)  # registry entries may be partials
     params = inspect.signature(target).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params) - {"self"})
+        if unknown:
+            raise ValueError(f"{where}: unknown argument(s) {', '.join(unknown)}; "
+                             f"it takes {', '.join(p for p in params if p != 'self')}")
     for name, value in kwargs.items():
         default = params[name].default if name in params else inspect.Parameter.empty
         if default is inspect.Parameter.empty or default is None or value is None:

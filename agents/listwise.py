@@ -189,7 +189,7 @@ class ListwiseAgent(Agent):
         if self.model != "matching":
             raise ValueError(f"transfer: model={self.model!r} learns a bias per pool entry, which does not carry "
                              "over to another pool; use model='matching'")
-        moved = copy.deepcopy(self)
+        moved = copy.deepcopy(self, {id(self._scorer): None})  # not the engine fit used (LLM, cache)
         keys = torch.as_tensor(embed_examples(env.encoder, env.pool, with_output=False)).float()
         if keys.shape[1] != moved.net.prompts.shape[1]:
             raise ValueError(f"transfer: the env's encoder gives {keys.shape[1]}-dim embeddings, the agent was "

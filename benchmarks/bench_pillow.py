@@ -13,8 +13,9 @@ on the same test queries and compared with *LoRA zero-shot* (paired, 95% bootstr
 - SFT: every weight fine-tuned on the same training data with the same objective, zero-shot (the
   paper's reference).
 
-Cost columns: trainable parameters, training wall time, peak resident memory while training, and
-LLM calls spent on selection. A file (Dolly's ``databricks-dolly-15k.jsonl``, or any JSON/JSONL
+Cost columns: trainable parameters, training wall time and peak resident memory (each training runs
+as ``pillow-env train-backbone`` in its own process), and LLM calls spent on selection. The SFT
+learning rate is a tenth of LoRA's (``--lr``), the usual ratio for full fine-tuning. A file (Dolly's ``databricks-dolly-15k.jsonl``, or any JSON/JSONL
 ``load_examples`` reads) is filtered to records whose instruction + context fit ``--max-prompt-chars``
 and whose answer has at most ``--max-answer-words`` words, then split by ``--seed`` (stratified by
 ``category``). Writes ``OUT/results.json``, ``OUT/results.md``, ``OUT/pillow.png``, and each
@@ -26,52 +27,25 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import threading
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pillow_env.backends import DEFAULT_MODEL
-from pillow_env.backends.hf import Backbone
 from pillow_env.bench import BenchConfig, run_bench
-from pillow_env.data import Example, load_examples, split_examples
+from pillow_env.data import Example, examples_fingerprint, load_examples, split_examples
 from pillow_env.resources import make_engine, shared_backend
 from pillow_env.stats import paired_bootstrap
 from pillow_env.suite import SUITES, load_suite
-from pillow_env.training import TRAINING_RECORD, TrainConfig, train_full, train_lora
+from pillow_env.training import TRAINING_RECORD
 
 ROWS = [("base", "zero_shot", "base zero-shot"), ("base", "knn", "base + kNN prompts"),
         ("base", "listwise", "base + learned prompts"), ("lora", "zero_shot", "LoRA zero-shot"),
         ("lora", "knn", "LoRA + kNN prompts"), ("lora", "listwise", "LoRA + learned prompts (PILLOW)"),
         ("sft", "zero_shot", "SFT zero-shot")]
 REFERENCE = ("lora", "zero_shot")
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
-
-
-@contextmanager
-def peak_rss() -> Iterator[dict[str, float]]:
-    """The largest resident set size (MB) seen while the block runs, sampled every 50 ms."""
-    seen = {"peak_mb": _rss_mb()}
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.05):
-            seen["peak_mb"] = max(seen["peak_mb"], _rss_mb())
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield seen
-    finally:
-        done.set()
-        thread.join()
-        seen["peak_mb"] = max(seen["peak_mb"], _rss_mb())
 
 
 def split_data(args: argparse.Namespace) -> tuple[list[Example], list[Example], list[Example]]:
@@ -97,46 +71,50 @@ def _write(path: Path, examples: list[Example]) -> str:
     return str(path)
 
 
-def choose_plw(args: argparse.Namespace, train: list[Example], out: Path) -> tuple[float, dict[str, float]]:
+def choose_plw(args: argparse.Namespace, files: dict[str, str], train: list[Example], out: Path
+               ) -> tuple[float, dict[str, float]]:
     """Each PLW value trains on the training split less its last ``--dev-size`` queries, judged by
     zero-shot reward on those (training data only: the test split is not touched)."""
+    if not 0 < args.dev_size < len(train):
+        raise SystemExit(f"--dev-size must be between 1 and the training size less one ({len(train) - 1}), "
+                         f"got {args.dev_size}")
     fit, dev = train[:-args.dev_size], train[-args.dev_size:]
+    fit_file = _write(out / "data" / "train-less-dev.jsonl", fit)
     scores: dict[str, float] = {}
     for plw in args.plw:
-        folder = out / "plw-selection" / f"plw-{plw:g}"
-        if not (folder / TRAINING_RECORD).is_file():
-            train_lora(args.model, fit, _config(args, plw, args.lora_steps), output_dir=folder)
+        folder = train_backbone("lora", args, plw, args.lora_steps, fit_file, out / "plw-selection" / f"plw-{plw:g}")
         engine = make_engine(shared_backend(args.model, str(folder)), max_new_tokens=args.max_new_tokens,
                              cache_path=out / "cache.sqlite")
         scores[f"{plw:g}"] = float(sum(r.reward for r in engine.score([([], q) for q in dev])) / len(dev))
         print(f"PLW {plw:g}: zero-shot reward {scores[f'{plw:g}']:.3f} on {len(dev)} held-out training queries")
-    best = max(args.plw, key=lambda p: scores[f"{p:g}"])
-    return best, scores
+    return max(args.plw, key=lambda p: scores[f"{p:g}"]), scores
 
 
-def _config(args: argparse.Namespace, plw: float, steps: int) -> TrainConfig:
-    return TrainConfig(plw=plw, max_steps=steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                       lora_r=args.lora_r)
-
-
-def train(kind: str, args: argparse.Namespace, plw: float, train_set: list[Example], out: Path) -> dict[str, Any]:
-    """Train the LoRA adapter or the SFT model once (kept in OUT); its cost as measured then."""
-    folder = out / kind
+def train_backbone(kind: str, args: argparse.Namespace, plw: float, steps: int, data: str, folder: Path) -> Path:
+    """``pillow-env train-backbone`` in its own process (so its peak memory is its own), once per
+    setting: a folder trained with other settings is refused, not reused."""
+    lr = args.lr if kind == "lora" else args.lr / 10
+    settings = {"kind": kind, "model": args.model, "plw": plw, "steps": steps, "lr": lr,
+                "batch_size": args.batch_size, "lora_r": args.lora_r, "seed": args.seed,
+                "data": examples_fingerprint(load_examples(data))}
     cost_file = folder / "cost.json"
     if cost_file.is_file():
-        return json.loads(cost_file.read_text())
+        cost = json.loads(cost_file.read_text())
+        if cost["settings"] != settings:
+            raise SystemExit(f"{folder} was trained with other settings ({cost['settings']}); use another --out")
+        return folder
+    command = [sys.executable, "-m", "pillow_env.cli", "train-backbone", "--data", data, "--model", args.model,
+               "--plw", str(plw), "--max-steps", str(steps), "--lr", str(lr), "--batch-size", str(args.batch_size),
+               "--lora-r", str(args.lora_r), "--seed", str(args.seed), "--out", str(folder),
+               *(["--full"] if kind == "sft" else [])]
     start = time.perf_counter()
-    with peak_rss() as memory:
-        base = Backbone.from_pretrained(args.model)  # a fresh copy: SFT changes it in place
-        if kind == "lora":
-            train_lora(base, train_set, _config(args, plw, args.lora_steps), output_dir=folder)
-        else:
-            train_full(base, train_set, _config(args, plw, args.sft_steps), output_dir=folder)
+    subprocess.run(command, check=True)
+    seconds = time.perf_counter() - start
     record = json.loads((folder / TRAINING_RECORD).read_text())
-    cost = {"trainable_parameters": record["trainable_parameters"], "train_seconds": time.perf_counter() - start,
-            "peak_rss_mb": memory["peak_mb"], "steps": record["steps"], "plw": plw}
+    cost = {"trainable_parameters": record["trainable_parameters"], "train_seconds": seconds,
+            "peak_rss_mb": record["process_peak_rss_mb"], "steps": record["steps"], "settings": settings}
     cost_file.write_text(json.dumps(cost, indent=2))
-    return cost
+    return folder
 
 
 def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
@@ -204,10 +182,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pool, train_set, test = split_data(args)
     files = {name: _write(out / "data" / f"{name}.jsonl", part)
              for name, part in (("pool", pool), ("train", train_set), ("test", test))}
-    plw, plw_scores = choose_plw(args, train_set, out)
-    costs = {"base": None, "lora": train("lora", args, plw, train_set, out)}
-    sft_args = argparse.Namespace(**{**vars(args), "lr": args.lr / 10})
-    costs["sft"] = train("sft", sft_args, plw, train_set, out)
+    plw, plw_scores = choose_plw(args, files, train_set, out)
+    costs: dict[str, Any] = {"base": None}
+    for kind, steps in (("lora", args.lora_steps), ("sft", args.sft_steps)):
+        folder = train_backbone(kind, args, plw, steps, files["train"], out / kind)
+        costs[kind] = json.loads((folder / "cost.json").read_text())
 
     models = {"base": (args.model, None), "lora": (args.model, str(out / "lora")), "sft": (str(out / "sft"), None)}
     results = {}

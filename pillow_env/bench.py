@@ -200,6 +200,15 @@ def _run_splits(config: BenchConfig, *, progress: bool) -> dict[str, Any]:
         raise ValueError(f"--splits re-splits a built-in suite ({', '.join(SUITES)}): give one --suite, not files "
                          f"(got --pool {config.pool}, --train {config.train}, --test {config.test})")
     out = Path(config.out)
+    summary_file = out / "results.json"
+    if summary_file.exists():
+        try:
+            earlier = json.loads(summary_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            earlier = None
+        if not isinstance(earlier, dict) or "splits" not in earlier:
+            raise ValueError(f"{summary_file} is not the pooled summary of an earlier --splits run; move it away or "
+                             "use another --out (nothing was overwritten)")
     cache = config.cache or str(out / "cache.sqlite")  # one cache for every split
     runs = [run_bench(replace(config, seed=seed, splits=1, out=str(out / f"split-{seed}"), cache=cache),
                       progress=progress) for seed in range(config.seed, config.seed + config.splits)]

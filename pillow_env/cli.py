@@ -169,16 +169,15 @@ def _train_agent(args: argparse.Namespace) -> None:
 
 
 def _train_backbone(args: argparse.Namespace) -> None:
-    from .training import TrainConfig, train_lora
-
     from .data import resolve_examples
+    from .training import TrainConfig, train_full, train_lora
 
     data = resolve_examples(args.data, "train", seed=args.seed, what="--data")
-    train_lora(args.model, data, TrainConfig(plw=args.plw, epochs=args.epochs, lr=args.lr,
-                                             batch_size=args.batch_size, grad_accum=args.grad_accum,
-                                             max_length=args.max_length, seed=args.seed, lora_r=args.lora_r,
-                                             max_steps=args.max_steps),
-               output_dir=args.out)
+    train = train_full if args.full else train_lora
+    train(args.model, data, TrainConfig(plw=args.plw, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                        grad_accum=args.grad_accum, max_length=args.max_length, seed=args.seed,
+                                        lora_r=args.lora_r, max_steps=args.max_steps),
+          output_dir=args.out)
 
 
 def _select(args: argparse.Namespace) -> None:
@@ -203,8 +202,10 @@ def _select(args: argparse.Namespace) -> None:
     queries = None if args.queries == "-" else load_examples(args.queries, require_output=False)
     selector = Selector.load(args.agent_dir, args.pool, trusted=args.trust_pickle, shots=args.shots,
                              model=args.model, candidates=args.candidates, suite_seed=args.seed)
-    tmp = None if out is None else out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    f = sys.stdout if tmp is None else open(tmp, "w", encoding="utf-8")
+    # A file of queries is answered whole or not at all (a temporary file, renamed at the end); a stream
+    # from stdin is answered line by line as it arrives, straight into --out.
+    tmp = None if out is None or queries is None else out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    f = sys.stdout if out is None else open(tmp or out, "w", encoding="utf-8")
 
     def write(batch) -> None:
         for selection in selector.select(batch):
@@ -230,13 +231,15 @@ def _select(args: argparse.Namespace) -> None:
                 write(queries[lo:lo + args.batch_size])
             count = len(queries)
     except BaseException:
-        if tmp is not None:
+        if out is not None:
             f.close()
+        if tmp is not None:
             tmp.unlink(missing_ok=True)
         raise
-    if tmp is not None:
+    if out is not None:
         f.close()
-        os.replace(tmp, out)  # whole or not at all
+        if tmp is not None:
+            os.replace(tmp, out)
         print(f"wrote {count} selections to {out}", file=sys.stderr)
 
 
@@ -327,10 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     tra.add_argument("--cache", default=None, help="SQLite reward cache to reuse")
     tra.set_defaults(func=_train_agent)
 
-    trb = add("train-backbone", help="prompt-loss-weighted LoRA fine-tuning of the LLM")
+    trb = add("train-backbone", help="prompt-loss-weighted LoRA (or, with --full, full) fine-tuning of the LLM")
     trb.add_argument("--data", type=_source, default="builtin", help="training file, or a built-in suite (its train split)")
     trb.add_argument("--model", default=DEFAULT_MODEL, help="HF causal LM name/path or alias")
     trb.add_argument("--plw", type=float, default=0.1, help="prompt-loss weight in [0, 1]")
+    trb.add_argument("--full", action="store_true",
+                     help="fine-tune every weight (SFT) and save the whole model, instead of a LoRA adapter")
     trb.add_argument("--epochs", type=float, default=1.0, help="passes over the training data")
     trb.add_argument("--max-steps", type=_positive, default=None, help="stop after this many optimizer steps")
     trb.add_argument("--lr", type=float, default=2e-4, help="learning rate")

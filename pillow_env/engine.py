@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -161,11 +162,16 @@ class RewardEngine:
             reward_fp = "generation-only" if self._rescore else reward_fingerprint(self.reward)
             settings = repr((self.generator.fingerprint, self.max_new_tokens, tuple(self.stop), reward_fp))
         self._prefix = hashlib.sha256(settings.encode()).digest()
+        # What logged episodes are matched by: a reward without a declared fingerprint cannot be told
+        # from another, so its episodes match only this engine's own (never another run's stale ones).
+        self._fingerprint = self._prefix.hex()[:16] if not self._rescore else \
+            self._prefix.hex()[:8] + uuid.uuid4().hex[:8]
         self._renders = LRUCache(self.memory_cache_size)
 
     @property
     def fingerprint(self) -> str:
-        return self._prefix.hex()[:16]
+        """Identifies what this engine's scores mean (model, settings, reward), for trajectory logs."""
+        return self._fingerprint
 
     def config(self) -> dict[str, Any]:
         """This engine's settings as ``PillowMatchEnv`` arguments, to rebuild it by name in another process.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import resource
 import shutil
 import time
 import warnings
@@ -213,7 +214,8 @@ def _fit(backbone: Backbone, model: Any, examples: Sequence[Example], config: Tr
     model.train()
     pad = backbone.tokenizer.pad_token_id
     device = backbone.device
-    bar = tqdm(total=total_steps, initial=step, desc=f"LoRA plw={config.plw:g}", unit="step", disable=not progress)
+    bar = tqdm(total=total_steps, initial=step, desc=f"{'LoRA' if checkpoints else 'SFT'} plw={config.plw:g}",
+               unit="step", disable=not progress)
     tokens_seen, started = 0, time.perf_counter()
     while step < total_steps:
         chunk = [sequences[i] for i in order[step * per_step:(step + 1) * per_step]]
@@ -249,6 +251,9 @@ def _fit(backbone: Backbone, model: Any, examples: Sequence[Example], config: Tr
     record = {"base_model": backbone.name, "plw": config.plw, "data_fingerprint": examples_fingerprint(examples),
               "examples": len(examples), "generation_ratio": float(completion_tokens / prompt_tokens),
               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+              "method": "lora" if checkpoints else "full",
+              # the process's peak resident memory so far: the cost of training when it ran in its own process
+              "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "mean_prompt_tokens": float(prompt_tokens), "mean_completion_tokens": float(completion_tokens),
               "steps": step, "train_seconds": seconds, "tokens_per_second": tokens_seen / max(seconds, 1e-9),
               "config": _jsonable(config), "loss_curve": curve}

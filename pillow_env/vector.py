@@ -62,7 +62,7 @@ class PillowMatchVectorEnv(VectorEnv):
             indices = [indices] * self.num_envs
         requests = {}
         for i, env in enumerate(self.envs):
-            sub_options = {**options, **({} if indices is None else {"query_index": int(indices[i])})}
+            sub_options = {**options, **({} if indices is None else {"query_index": indices[i]})}
             request = env.begin_reset(seed=seeds[i], options=sub_options)
             if request is not None:
                 requests[i] = request

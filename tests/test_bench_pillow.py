@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,3 +52,6 @@ def test_bench_pillow_builds_every_row(tiny_model_dir, tmp_path):
     assert settings["adapter"] == str(out / "lora")  # learned prompts trained against the LoRA model
     again = _module().main(argv)  # a re-run trains nothing again and gives the same table
     assert [r["reward"] for r in again["rows"]] == [r["reward"] for r in summary["rows"]]
+    changed = [*argv[:argv.index("--lora-steps") + 1], "3", *argv[argv.index("--lora-steps") + 2:]]
+    with pytest.raises(SystemExit, match="trained with other settings"):
+        _module().main(changed)  # never a stale adapter reused under new settings

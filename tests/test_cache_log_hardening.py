@@ -81,8 +81,9 @@ def test_read_only_visitor_leaves_nothing_that_breaks_the_owner(case):
         module.chmod(0o644)
         top.chmod(0o755)
         if os.geteuid() == 0:
-            python, user = "/usr/bin/python3", 65534
-            assert Path(python).exists(), "root runs this case as user 65534 with the system python3"
+            python, user = shutil.which("python3", path="/usr/bin:/usr/local/bin:/bin"), 65534
+            if python is None:
+                pytest.skip("root runs this case as user 65534 with a system python3, and there is none")
             os.chown(folder, user, -1)
         else:
             python, user = sys.executable, None

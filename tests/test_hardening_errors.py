@@ -153,5 +153,39 @@ def test_loading_by_type(tmp_path):
         ListwiseAgent.load(folder)
     with pytest.raises(ValueError, match="not a ReinforceAgent"):
         ReinforceAgent.load(folder)
-    with pytest.raises(TypeError, match="load_agent"):
-        Agent.load(folder)
+    with pytest.warns(DeprecationWarning, match="load_agent"):
+        assert isinstance(Agent.load(folder), KNNAgent)  # the old spelling still dispatches
+
+
+def test_unknown_agent_arguments_are_named_everywhere(tmp_path, capsys, monkeypatch):
+    import pillow_env.resources as resources
+
+    monkeypatch.setattr(resources, "shared_backend", no_llm)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-agent", "--agent", "reinforce", "--agent-kwargs", '{"reinforce": {"bogus": 1}}',
+              "--out", str(tmp_path / "a")])
+    assert exit_info.value.code == 2 and "unknown argument(s) bogus" in capsys.readouterr().err
+    with pytest.warns(DeprecationWarning, match="load_agent"):
+        assert Agent.load(make_agent("knn").save(tmp_path / "knn")).name == "knn"
+
+
+def test_splits_never_overwrite_a_single_run(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "results.json").write_text('{"settings": {}, "agents": {}}')
+    with pytest.raises(ValueError, match="not the pooled summary"):
+        run_bench(BenchConfig(agents=["knn"], splits=2, out=str(out)))
+    assert (out / "results.json").read_text() == '{"settings": {}, "agents": {}}'
+
+
+def test_old_sb3_matching_heads_still_load():
+    import torch
+
+    from agents.sb3 import _MatchingHead
+
+    head = _MatchingHead(torch.randn(5, 4), m=2, hidden=8, temperature=0.1)
+    old = {k.replace("net.", "", 1).replace("_mlp.net.", "_mlp."): v.clone() for k, v in head.state_dict().items()}
+    assert "prompt_mlp.0.weight" in old and "prompts" in old
+    fresh = _MatchingHead(torch.zeros(5, 4), m=2, hidden=8, temperature=0.1)
+    fresh.load_state_dict(old)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), head.state_dict().values()))

@@ -177,7 +177,7 @@ def test_listwise_matching_network_learns_query_dependent_best_pairs_and_beats_k
     assert np.mean(optimal) >= 0.9 > np.mean(knn), (np.mean(optimal), np.mean(knn), log["epochs"])
     assert log["chosen_epochs"] > 0 and log["validation_gain"]["low"] > 0  # out-of-fold paired gain over kNN
     agent.save(tmp_path / "lw")
-    loaded = make_agent("knn").load(tmp_path / "lw")
+    loaded = load_agent(tmp_path / "lw")
     assert loaded.name == "listwise" and loaded.select_many(env, list(range(6))) == agent.select_many(env, range(6))
     everything = list(range(len(queries)))
     agent.margin = 1e9  # no departure from kNN is sure enough
@@ -336,3 +336,13 @@ def test_listwise_transfers_to_another_pool_without_llm_calls(hash_encoder, tmp_
     linear.prepare(env)
     with pytest.raises(ValueError, match="does not carry over"):
         linear.transfer(other)
+
+
+def test_listwise_transfers_after_fit_with_a_disk_cache(tiny_backbone, hash_encoder, tmp_path):
+    engine = RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), max_new_tokens=2,
+                          cache_path=tmp_path / "cache.sqlite")
+    agent = make_agent("listwise", folds=2)
+    agent.fit(PillowMatchVectorEnv(4, pool=SUITE.pool[:10], queries=SUITE.train[:8], engine=engine,
+                                   encoder=hash_encoder), Budget(generations=24), progress=False)
+    other = PillowMatchEnv(SUITE.pool[10:22], SUITE.test[:4], encoder=hash_encoder)
+    assert len(agent.transfer(other).select_many(other, [0, 1, 2, 3])) == 4

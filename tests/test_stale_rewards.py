@@ -121,3 +121,16 @@ def test_declared_fingerprint_caches_scores(tiny_backbone, tmp_path):
     assert calls == [2] and engine.stats.rescored == 0 and engine.stats.disk_hits == 2
     reward.fingerprint = "half-v2"  # a new declared version: scored afresh
     assert RewardEngine(tiny_backbone, reward, max_new_tokens=3, cache_path=cache).score(REQUESTS)[0].cached is False
+
+
+def test_logged_episodes_of_an_unfingerprinted_reward_match_only_their_own_engine(tiny_backbone):
+    def zeros(predictions, references):
+        return np.zeros(len(predictions))
+
+    def ones(predictions, references):
+        return np.ones(len(predictions))
+
+    a, b = RewardEngine(tiny_backbone, zeros), RewardEngine(tiny_backbone, ones)
+    assert a.fingerprint != b.fingerprint  # a trajectory log never hands one reward's scores to another
+    ones.fingerprint = "ones-v1"
+    assert RewardEngine(tiny_backbone, ones).fingerprint == RewardEngine(tiny_backbone, ones).fingerprint
