@@ -128,7 +128,7 @@ class Agent(ABC):
         if not cls.holds(saved):
             raise ValueError(f"{path} holds a saved {saved!r} agent, not a {cls.__name__}; "
                              "load it with agents.load_agent(folder)")
-        check_arguments(cls, config, f"{config_file}: config")
+        check_arguments(cls, config, f"{config_file}: config does not fit agent {saved!r}")
         try:
             agent = cls(**config)
         except (TypeError, ValueError) as err:
@@ -174,8 +174,8 @@ def check_arguments(agent_cls: Any, kwargs: dict[str, Any], where: str) -> None:
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params) - {"self"})
         if unknown:
-            raise ValueError(f"{where}: unknown argument(s) {', '.join(unknown)}; "
-                             f"it takes {', '.join(p for p in params if p != 'self')}")
+            takes = ", ".join(p for p in params if p != "self") or "no arguments"
+            raise ValueError(f"{where}: unknown argument(s) {', '.join(unknown)}; it takes {takes}")
     for name, value in kwargs.items():
         default = params[name].default if name in params else inspect.Parameter.empty
         if default is inspect.Parameter.empty or default is None or value is None:

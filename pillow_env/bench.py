@@ -128,7 +128,7 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
             continue
         try:
             agents[name] = make_seeded_agent(name, config.seed, **config.agent_kwargs.get(name, {}))
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise ValueError(f"--agent-kwargs for {name!r}: {err}") from None
         agents[name].check_settings(num_envs=config.num_envs)
 
