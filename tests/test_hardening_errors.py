@@ -24,6 +24,21 @@ def no_llm(*args, **kwargs):
 
 
 @pytest.fixture
+def llm_forbidden(monkeypatch):
+    import pillow_env.resources as resources
+
+    monkeypatch.setattr(resources, "shared_backend", no_llm)
+
+
+def cli_error(capsys, argv) -> str:
+    """Run the CLI, expect exit code 2, return what it printed on stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.fixture
 def trained(tiny_backbone, hash_encoder, tmp_path):
     engine = RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), max_new_tokens=2)
     agent = make_agent("reinforce", hidden=16)
@@ -54,27 +69,18 @@ def test_damaged_agent_folders_fail_in_one_line(trained, damage, message):
         load_agent(trained)
 
 
-def test_bad_agent_kwargs_fail_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    import pillow_env.resources as resources
-
-    monkeypatch.setattr(resources, "shared_backend", no_llm)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "--agents", "knn,reinforce", "--agent-kwargs", '{"reinforce": {"lr": "fast"}}',
-              "--out", str(tmp_path / "o")])
-    assert exit_info.value.code == 2 and "lr must be like its default" in capsys.readouterr().err
+def test_bad_agent_kwargs_fail_before_the_model_loads(tmp_path, capsys, llm_forbidden):
+    assert "lr must be like its default" in cli_error(capsys, [
+        "bench", "--agents", "knn,reinforce", "--agent-kwargs", '{"reinforce": {"lr": "fast"}}',
+        "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit):
         main(["train-agent", "--agent", "reinforce", "--agent-kwargs", '{"reinforce": {"hidden": 1.5}}',
               "--out", str(tmp_path / "a")])
     assert "hidden must be like its default" in capsys.readouterr().err
 
 
-def test_inspect_checks_the_query_index_before_loading_the_llm(capsys, monkeypatch):
-    import pillow_env.resources as resources
-
-    monkeypatch.setattr(resources, "shared_backend", no_llm)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["inspect", "--query-index", "999"])
-    assert exit_info.value.code == 2 and "--query-index must be in [0, 119), got 999" in capsys.readouterr().err
+def test_inspect_checks_the_query_index_before_loading_the_llm(capsys, llm_forbidden):
+    assert "--query-index must be in [0, 119), got 999" in cli_error(capsys, ["inspect", "--query-index", "999"])
 
 
 def test_bad_numbers_and_references_are_named(tmp_path, capsys):
@@ -157,14 +163,10 @@ def test_loading_by_type(tmp_path):
         assert isinstance(Agent.load(folder), KNNAgent)  # the old spelling still dispatches
 
 
-def test_unknown_agent_arguments_are_named_everywhere(tmp_path, capsys, monkeypatch):
-    import pillow_env.resources as resources
-
-    monkeypatch.setattr(resources, "shared_backend", no_llm)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train-agent", "--agent", "reinforce", "--agent-kwargs", '{"reinforce": {"bogus": 1}}',
-              "--out", str(tmp_path / "a")])
-    assert exit_info.value.code == 2 and "unknown argument(s) bogus" in capsys.readouterr().err
+def test_unknown_agent_arguments_are_named_everywhere(tmp_path, capsys, llm_forbidden):
+    assert "unknown argument(s) bogus" in cli_error(capsys, [
+        "train-agent", "--agent", "reinforce", "--agent-kwargs", '{"reinforce": {"bogus": 1}}',
+        "--out", str(tmp_path / "a")])
     with pytest.warns(DeprecationWarning, match="load_agent"):
         assert Agent.load(make_agent("knn").save(tmp_path / "knn")).name == "knn"
 
