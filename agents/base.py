@@ -128,6 +128,7 @@ class Agent(ABC):
         if not cls.holds(saved):
             raise ValueError(f"{path} holds a saved {saved!r} agent, not a {cls.__name__}; "
                              "load it with agents.load_agent(folder)")
+        config = cls.upgrade_config(config, str(config_file))
         check_arguments(cls, config, f"{config_file}: config does not fit agent {saved!r}")
         try:
             agent = cls(**config)
@@ -149,6 +150,12 @@ class Agent(ABC):
 
     def _load_weights(self, path: Path, trusted: bool = False) -> None:
         """Learners read their weights here (``trusted``: the folder may hold pickles)."""
+
+    @classmethod
+    def upgrade_config(cls, config: dict[str, Any], where: str) -> dict[str, Any]:
+        """A saved config in today's form: agents whose options were renamed or retired map them here
+        (raising ``ValueError`` naming ``where`` when a retired option was in use)."""
+        return config
 
 
 def read_saved(path: Path) -> tuple[str, dict[str, Any], Path]:

@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .scored_sets import SetBatch
+
 __all__ = ["MatchingNetwork", "save_network", "load_network", "WEIGHTS_NAME"]
 
 WEIGHTS_NAME = "matching_network.safetensors"
@@ -44,6 +46,8 @@ class MatchingNetwork(nn.Module):
         knn_init: start as a kNN ranker (see module docstring).
     """
 
+    uses_query_views = False
+
     def __init__(self, prompts: torch.Tensor, m: int, hidden: int = 256, temperature: float = 0.1,
                  knn_init: bool = True) -> None:
         super().__init__()
@@ -70,6 +74,25 @@ class MatchingNetwork(nn.Module):
         if mask is not None:
             logits = logits.masked_fill(~mask, float("-inf"))
         return logits
+
+
+    def set_scores(self, batch: SetBatch) -> torch.Tensor:
+        """(n, width) log-probabilities of picking each set of ``batch`` member by member, in pick order,
+        within each query's shortlist: the listwise learner's set scores."""
+        picks = batch.picks
+        n, width, m = picks.shape
+        flat = picks.reshape(n * width, m)
+        query = batch.queries.repeat_interleave(width, 0)
+        mask = batch.allowed.repeat_interleave(width, 0).clone()
+        chosen = torch.zeros((n * width, self.m, batch.table.shape[1]))
+        sequence = torch.zeros(n * width)
+        for t in range(m):
+            logits = self(query, chosen, torch.full((n * width,), t), mask)
+            sequence = sequence + torch.log_softmax(logits, -1).gather(1, flat[:, t:t + 1]).squeeze(1)
+            chosen = chosen.clone()
+            chosen[:, t] = batch.table[flat[:, t]]
+            mask[torch.arange(n * width), flat[:, t]] = False
+        return sequence.reshape(n, width)
 
 
 def save_network(net: MatchingNetwork | None, folder: Path, history: list) -> None:

@@ -37,9 +37,6 @@ class ReinforceAgent(Agent):
             from the gradient. With 1, the baseline is a moving average of batch returns.
         baseline_decay: decay of that moving average (``group_size == 1`` only).
         max_grad_norm: gradient clipping.
-        pretrain: share of the budget spent first on the off-policy ``listwise`` learner (its
-            likelihood-scored exploration and cross-validated epochs), whose network REINFORCE then
-            fine-tunes on the env's reward with the rest; 0 starts from kNN.
         seed: seeds the network init and the action sampling.
     """
 
@@ -48,13 +45,10 @@ class ReinforceAgent(Agent):
 
     def __init__(self, hidden: int = 256, temperature: float = 0.1, knn_init: bool = True, lr: float = 3e-4,
                  entropy_coef: float = 0.01, group_size: int = 4, baseline_decay: float = 0.9,
-                 max_grad_norm: float = 1.0, pretrain: float = 0.0, seed: int = 0,
+                 max_grad_norm: float = 1.0, seed: int = 0,
                  pool_fingerprint: str | None = None) -> None:
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
-        if not 0.0 <= pretrain < 1.0:
-            raise ValueError(f"pretrain must be in [0, 1), got {pretrain}")
-        self.pretrain = pretrain
         self.hidden, self.temperature, self.knn_init = hidden, temperature, knn_init
         self.lr, self.entropy_coef, self.baseline_decay = lr, entropy_coef, baseline_decay
         self.group_size = group_size
@@ -67,8 +61,17 @@ class ReinforceAgent(Agent):
         return {"hidden": self.hidden, "temperature": self.temperature, "knn_init": self.knn_init, "lr": self.lr,
                 "entropy_coef": self.entropy_coef, "group_size": self.group_size,
                 "baseline_decay": self.baseline_decay,
-                "max_grad_norm": self.max_grad_norm, "pretrain": self.pretrain, "seed": self.seed,
+                "max_grad_norm": self.max_grad_norm, "seed": self.seed,
                 "pool_fingerprint": self.pool_fingerprint}
+
+    @classmethod
+    def upgrade_config(cls, config: dict[str, Any], where: str) -> dict[str, Any]:
+        """Folders saved before ``pretrain`` was removed load when it was off."""
+        config = dict(config)
+        if config.pop("pretrain", 0.0) != 0.0:
+            raise ValueError(f"{where}: reinforce option 'pretrain' was removed (it measured no gain: "
+                             "benchmarks/results/listwise-variants.md); this agent was trained with it")
+        return config
 
     def check_settings(self, *, num_envs: int) -> None:
         if num_envs % self.group_size:
@@ -92,8 +95,6 @@ class ReinforceAgent(Agent):
             raise ValueError("ReinforceAgent uses the episode return; use the default sparse reward (dense=False)")
         budget = budget or Budget(episodes=1000)
         self.check_settings(num_envs=venv.num_envs)
-        if self.pretrain and self.net is None:
-            budget = self._pretrain(venv, budget, progress)
         self.prepare(venv)
         assert self.net is not None
         net, engine, m = self.net.train(), venv.engine, venv.envs[0].m
@@ -160,19 +161,6 @@ class ReinforceAgent(Agent):
             writer.close()
         net.eval()
         return {"episodes": episodes, "generations": generations, "history": self.history}
-
-    def _pretrain(self, venv: PillowMatchVectorEnv, budget: Budget, progress: bool) -> Budget:
-        """Spend ``pretrain`` of the budget on the listwise learner; return what is left for REINFORCE."""
-        from .listwise import ListwiseAgent
-
-        total = min(b for b in (budget.episodes, budget.generations) if b is not None)
-        share = int(total * self.pretrain)
-        listwise = ListwiseAgent(model="matching", hidden=self.hidden, temperature=self.temperature,
-                                 seed=self.seed)
-        listwise.fit(venv, Budget(generations=max(1, share)), progress=progress)
-        self.net, self.pool_fingerprint = listwise.net, listwise.pool_fingerprint
-        return Budget(episodes=None if budget.episodes is None else max(1, budget.episodes - share),
-                      generations=None if budget.generations is None else max(1, budget.generations - share))
 
     @torch.no_grad()
     def scores(self, obs: dict[str, Any]) -> np.ndarray:

@@ -1,9 +1,11 @@
 """RLlib's PPO on PillowMatch-v0: env runners in their own processes, one shared serving backend.
 
 ``fit`` builds the env config from the training env (``PillowMatchEnv.config()``), optionally pointing
-the runners at another ``model`` (an ``openai:`` server: then no runner holds weights), trains PPO with
-:class:`~pillow_env.rllib.module.MaskedPPOModule` until the budget is spent, and keeps the policy's
-weights. Selection runs that policy greedily in this process, without Ray workers.
+the runners at another ``model`` (an ``openai:`` server: then no runner holds weights), trains PPO
+until the budget is spent, and keeps the policy's weights. The policy is PILLOW's matching network,
+kNN-initialised like every other learner here (:mod:`agents.rllib_matching`); ``policy="mlp"`` gives
+RLlib's default MLP with action masking instead. Selection runs the policy greedily in this
+process, without Ray workers.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from pillow_env.env import PillowMatchEnv
+from pillow_env.resources import embed_examples
 
 from .base import Agent, Budget, check_pool, greedy_rollout, summary_writer, unwrap
 
@@ -39,13 +42,16 @@ class RLlibPPOAgent(Agent):
     """PPO from Ray RLlib, its rollouts spread over ``num_env_runners`` processes.
 
     Args:
+        policy: ``"matching"`` (the kNN-initialised matching network, :mod:`agents.rllib_matching`) or
+            ``"mlp"`` (RLlib's default MLP of width ``hiddens``, masked).
         num_env_runners: RLlib env runners (processes), one CPU each.
         model: the ``model`` string the runners use (e.g. ``openai:http://host:8000/v1#NAME``: all
             runners share that server), or a list of them (serving replicas, spread over the runners
             round-robin); ``None`` keeps the training env's own (an in-process model is then loaded
             once per runner).
-        train_batch_size, minibatch_size, num_epochs, lr, entropy_coeff, hiddens: PPO settings
+        train_batch_size, minibatch_size, num_epochs, lr, entropy_coeff: PPO settings
             (``train_batch_size`` counts env steps; an episode is ``m`` steps).
+        hiddens: the MLP policy's layers (``policy="mlp"``).
         num_cpus: CPUs for ``ray.init`` when this agent starts Ray (``None``: Ray's default); a running
             Ray (``ray.init`` before ``fit``, or a cluster address) is used as it is.
         trajectory_dir: each runner appends its scored episodes to a JSONL file there.
@@ -59,16 +65,18 @@ class RLlibPPOAgent(Agent):
     learns = True
     rollouts_in_process = False
 
-    def __init__(self, num_env_runners: int = 2, model: str | list[str] | None = None, train_batch_size: int = 256,
+    def __init__(self, policy: str = "matching", num_env_runners: int = 2, model: str | list[str] | None = None, train_batch_size: int = 256,
                  minibatch_size: int = 64, num_epochs: int = 4, lr: float = 3e-4, entropy_coeff: float = 0.01,
                  hiddens: tuple[int, ...] | list[int] = (256,), num_cpus: int | None = None,
                  trajectory_dir: str | None = None, seed: int = 0, pool_fingerprint: str | None = None) -> None:
+        if policy not in ("matching", "mlp"):
+            raise ValueError(f"RLlibPPOAgent: policy must be 'matching' or 'mlp', got {policy!r}")
         if num_env_runners < 1:
             raise ValueError(f"RLlibPPOAgent: num_env_runners must be >= 1, got {num_env_runners}")
         if not 1 <= minibatch_size <= train_batch_size:
             raise ValueError(f"RLlibPPOAgent: need 1 <= minibatch_size <= train_batch_size, got {minibatch_size} "
                              f"and {train_batch_size}")
-        self.num_env_runners, self.model = num_env_runners, model
+        self.policy, self.num_env_runners, self.model = policy, num_env_runners, model
         self.train_batch_size, self.minibatch_size, self.num_epochs = train_batch_size, minibatch_size, num_epochs
         self.lr, self.entropy_coeff, self.hiddens = lr, entropy_coeff, tuple(hiddens)
         self.num_cpus, self.trajectory_dir, self.seed = num_cpus, trajectory_dir, seed
@@ -78,7 +86,7 @@ class RLlibPPOAgent(Agent):
         self._module: Any = None
 
     def config(self) -> dict[str, Any]:
-        return {"num_env_runners": self.num_env_runners, "model": self.model,
+        return {"policy": self.policy, "num_env_runners": self.num_env_runners, "model": self.model,
                 "train_batch_size": self.train_batch_size, "minibatch_size": self.minibatch_size,
                 "num_epochs": self.num_epochs, "lr": self.lr, "entropy_coeff": self.entropy_coeff,
                 "hiddens": list(self.hiddens), "num_cpus": self.num_cpus, "trajectory_dir": self.trajectory_dir,
@@ -87,12 +95,25 @@ class RLlibPPOAgent(Agent):
     def check_settings(self, *, num_envs: int) -> None:
         _import_ray()  # no Ray: say so before any model load
 
-    def _ppo_config(self, env_config: dict[str, Any]):
+    def _module_spec(self, env: PillowMatchEnv, observation_space=None, action_space=None):
+        """The policy's ``RLModuleSpec``; a saved matching network carries its own pool embeddings."""
+        if self.policy == "mlp":
+            from pillow_env.rllib import module_spec
+
+            return module_spec(self.hiddens, observation_space, action_space)
+        from .rllib_matching import matching_module_spec
+
+        prompts = (self.state["net.prompts"] if self.state is not None and "net.prompts" in self.state
+                   else embed_examples(env.encoder, env.pool, with_output=False))
+        return matching_module_spec(prompts, observation_space=observation_space, action_space=action_space)
+
+    def _ppo_config(self, env: PillowMatchEnv, env_config: dict[str, Any]):
         from pillow_env.rllib import ppo_config
 
         return ppo_config(env_config, num_env_runners=self.num_env_runners, train_batch_size=self.train_batch_size,
                           minibatch_size=self.minibatch_size, num_epochs=self.num_epochs, lr=self.lr,
-                          entropy_coeff=self.entropy_coeff, hiddens=self.hiddens, seed=self.seed)
+                          entropy_coeff=self.entropy_coeff, hiddens=self.hiddens, seed=self.seed,
+                          rl_module_spec=self._module_spec(env))
 
     # -- training --------------------------------------------------------------------------------
 
@@ -128,7 +149,7 @@ class RLlibPPOAgent(Agent):
         if started:
             ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
         try:
-            algo = self._ppo_config(env_config).build_algo()
+            algo = self._ppo_config(single, env_config).build_algo()
         except BaseException:
             if started:
                 ray.shutdown()
@@ -185,10 +206,10 @@ class RLlibPPOAgent(Agent):
             raise ValueError("rllib_ppo: fit or load the agent before selecting")
         if self._module is None:
             _import_ray()
-            from pillow_env.rllib import MaskedObservation, module_spec
+            from pillow_env.rllib import MaskedObservation
 
             space = MaskedObservation(env).observation_space
-            module = module_spec(self.hiddens, space, env.action_space).build()
+            module = self._module_spec(env, space, env.action_space).build()
             module.set_state(self.state)
             self._module = module.eval()
         return self._module
@@ -222,5 +243,7 @@ class RLlibPPOAgent(Agent):
         if not file.is_file():
             raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME} (not a saved rllib_ppo agent)")
         self.state = load_file(str(file))
+        if "net.prompts" not in self.state:  # saved by the MLP policy (the default before the matching network)
+            self.policy = "mlp"
         history = path / "history.json"
         self.history = json.loads(history.read_text()) if history.is_file() else []

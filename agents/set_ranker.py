@@ -10,14 +10,13 @@
 | ``coherence`` | mean cosine between members (instruction + input) |
 | ``output_coherence`` | mean cosine between the members' answers |
 
-Why a model this small: with a few hundred training queries, PILLOW's matching network (two MLPs
-over 384-d embeddings, :mod:`agents.matching`) transfers about +0.04 likelihood reward over kNN to
-held-out training queries of the built-in suite; this one, with 5 + K parameters, about +0.07. The
-joint embedding kNN uses mixes what the task is (the instruction) with what it is applied to (the
-input); weighing the two apart is the largest single gain, and which pool entries make good
-exemplars whatever the query is the second (per-entry advantages measured on two disjoint halves of
-the training queries correlate at 0.62). Judged by the generation reward, though, it is no better
-than the network (README), which is why it is an option, not the default. Scores are logits of a
+Why a model this small: with a few hundred training queries, a ranker with 5 + K parameters
+learns more from the likelihood signal than the matching network's two MLPs over 384-d
+embeddings. The joint embedding kNN uses mixes what the task is (the instruction) with what it is
+applied to (the input); weighing the two apart is the largest single gain, and which pool entries
+make good exemplars whatever the query is the second. Judged by generated answers it is no better
+than the network, which is why it is an option, not the default (measurements:
+``benchmarks/results/listwise-variants.md``). Scores are logits of a
 softmax over a query's sets (the same units as the matching network's set log-probabilities).
 Symmetric in the members, so it scores a set, not an order; a partial set is scored the same way
 (coherence 0 below two members).
@@ -35,6 +34,8 @@ from torch import nn
 
 from pillow_env.encoder import Encoder
 from pillow_env.resources import embed_examples, embed_field
+
+from .scored_sets import SetBatch
 
 __all__ = ["FEATURES", "RANKER_WEIGHTS", "SetRanker", "example_views", "load_ranker", "save_ranker"]
 
@@ -58,6 +59,8 @@ class SetRanker(nn.Module):
         pool_outputs: (K, d) embeddings of the pool's answers.
         m: the set size it is trained on (saved with it; it can score sets of any size).
     """
+
+    uses_query_views = True
 
     def __init__(self, pool_views: torch.Tensor, pool_outputs: torch.Tensor, m: int) -> None:
         super().__init__()
@@ -83,6 +86,10 @@ class SetRanker(nn.Module):
     def forward(self, query_views: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
         """(n, width) scores of the sets in ``picks`` (n, width, members)."""
         return self.features(query_views, picks) @ self.weights + self.entry_bias[picks].sum(-1)
+
+    def set_scores(self, batch: SetBatch) -> torch.Tensor:
+        """(n, width) scores of a batch's sets (needs ``batch.views``)."""
+        return self(batch.views, batch.picks)
 
     def penalty(self) -> torch.Tensor:
         """Squared L2 norm of every parameter: what pulls the ranker back to ties."""

@@ -1,6 +1,6 @@
 """Compare listwise-agent variants without touching the test split.
 
-The built-in suite's training queries are split in half (seeded): each variant trains on half A
+A built-in suite's training queries are split in half (seeded): each variant trains on half A
 with a proportional budget (default 1,000 LLM calls for 119 queries, the same per-query budget as
 2,000 for all 238), and is judged on half B, where *every* set of each query's shortlist has been
 scored by the likelihood signal, so whatever a variant picks can be looked up without another LLM
@@ -14,7 +14,7 @@ by likelihood and no better by generation (README), so choose defaults by genera
 ``--swap`` trains on half B and judges on half A (where all sets are scored too). The test split
 is for the final `pillow-env bench` only.
 
-Usage: ``python benchmarks/bench_listwise_validation.py --variants '[{}, {"refine": 0.4}]' --seeds 0,1``
+Usage: ``python benchmarks/bench_listwise_validation.py --variants '[{}, {"model": "linear"}]' --seeds 0,1``
 (``--cache runs/cache.sqlite`` to reuse scored sets); writes ``benchmarks/results/listwise-validation.json``.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from agents import Budget, ListwiseAgent
-from pillow_env import builtin_suite
+from pillow_env.suite import SUITES, load_suite
 from pillow_env.env import PillowMatchEnv
 from pillow_env.stats import paired_bootstrap
 
@@ -63,6 +63,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=None, help="train on this many queries of half A "
                         "(a different random subset per seed; default: all of them), to see how the gain "
                         "grows with the number of training queries")
+    parser.add_argument("--suite", choices=tuple(SUITES), default="builtin", help="built-in suite (its seed-0 split)")
+    parser.add_argument("--judge-queries", type=int, default=None,
+                        help="judge on the first N queries of half B only (every set of each is scored)")
     parser.add_argument("--split-seed", type=int, default=123)
     parser.add_argument("--swap", action="store_true", help="train on half B and judge on half A instead")
     parser.add_argument("--judge", choices=("loglik", "generate"), default="loglik",
@@ -75,12 +78,12 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     margins = [None] if args.margins is None else [float(m) for m in args.margins.split(",")]
 
-    suite = builtin_suite(0)
+    suite = load_suite(args.suite, 0)
     order = np.random.default_rng(args.split_seed).permutation(len(suite.train))
     half = len(order) // 2
     halves = (order[:half], order[half:])[::-1 if args.swap else 1]  # (train, judge)
     env_a = PillowMatchEnv(suite.pool, [suite.train[i] for i in halves[0]], cache_path=args.cache)
-    env_b = PillowMatchEnv(suite.pool, [suite.train[i] for i in halves[1]], cache_path=args.cache)
+    env_b = PillowMatchEnv(suite.pool, [suite.train[i] for i in halves[1][:args.judge_queries]], cache_path=args.cache)
 
     # Half B: every shortlist set of every query, by the likelihood signal.
     probe = ListwiseAgent()
@@ -88,7 +91,7 @@ def main() -> None:
     scorer = env_b.engine.with_signal("loglik")
     tables, knn = [], []
     for q in range(len(env_b.queries)):
-        sets = probe._sets(env_b, q)  # kNN's first
+        sets = probe.candidate_sets(env_b, q)  # kNN's first
         knn.append(sets[0])
         rewards = [s.reward for s in scorer.score([([env_b.pool[i] for i in s], env_b.queries[q]) for s in sets])]
         tables.append(dict(zip(sets, rewards)))
@@ -147,7 +150,7 @@ def main() -> None:
                   f"{mean['high']:+.4f}]; vs the first: {versus['mean']:+.4f} [{versus['low']:+.4f}, "
                   f"{versus['high']:+.4f}]")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"budget": args.budget, "split_seed": args.split_seed, "swap": args.swap,
+    args.out.write_text(json.dumps({"suite": args.suite, "budget": args.budget, "split_seed": args.split_seed, "swap": args.swap,
                                     "judge": args.judge,
                                     "queries_a": len(env_a.queries) if args.queries is None else args.queries,
                                     "queries_b": len(knn), "oracle_vs_knn": oracle, "rows": rows}, indent=2))

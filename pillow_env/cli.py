@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .backends import DEFAULT_MODEL
+from .engine import TRAIN_REWARDS
 
 
 def _agent_list(text: str) -> list[str]:
@@ -72,7 +73,7 @@ def _positive(text: str) -> int:
 def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", type=_positive, default=None,
                    help="restrict actions to the C pool entries nearest each query (default: whole pool)")
-    p.add_argument("--train-reward", choices=("pillow", "loglik"), default="pillow",
+    p.add_argument("--train-reward", choices=TRAIN_REWARDS, default="pillow",
                    help="training signal: generation + PillowReward, or the reference's likelihood "
                         "(evaluation always uses PillowReward)")
 
@@ -114,13 +115,14 @@ def _bench(args: argparse.Namespace) -> None:
 def _engine_and_envs(args: argparse.Namespace, queries_source: str, part: str, signal: str = "pillow"):
     from .data import resolve_examples
     from .encoder import load_encoder
+    from .engine import SIGNAL_OF
     from .resources import make_engine, shared_backend
 
     pool = resolve_examples(args.pool, "pool", seed=args.seed, what="--pool")
     queries = resolve_examples(queries_source, part, seed=args.seed, what=f"--{part}")
     encoder = load_encoder("minilm")
     engine = make_engine(shared_backend(args.model, args.adapter), encoder, max_new_tokens=args.max_new_tokens,
-                         cache_path=args.cache, signal="loglik" if signal == "loglik" else "generate")
+                         cache_path=args.cache, signal=SIGNAL_OF[signal])
     return pool, queries, encoder, engine
 
 

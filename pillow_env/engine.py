@@ -24,33 +24,23 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
+from .backends.base import Generator, LikelihoodUnsupported
 from .cache import DiskCache, LRUCache
 from .data import Example
 from .rewards import PillowReward, RewardFn, check_finite, check_reward, reward_fingerprint
 from .trajectories import TrajectoryLog, example_key
 
-__all__ = ["Generator", "RewardEngine", "ScoredGeneration", "EngineStats", "SIGNALS"]
+__all__ = ["Generator", "RewardEngine", "ScoredGeneration", "EngineStats", "SIGNALS", "TRAIN_REWARDS", "SIGNAL_OF"]
 
 SIGNALS = ("generate", "loglik")
-
-
-class Generator(Protocol):
-    """What the engine needs from an LLM backend (``Backbone`` is the in-process one).
-
-    ``loglik(prompts, targets, mean=True)`` is optional: only the ``"loglik"`` signal needs it.
-    """
-
-    fingerprint: str
-    renderer: Any
-
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = ..., *, batch_size: int = ...,
-                 stop: Sequence[str] = ...) -> list[str]: ...
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+# The training signal as users name it (CLI ``--train-reward``, the env's ``reward=``, listwise's
+# ``train_reward=``), and the engine signal that computes it.
+TRAIN_REWARDS = ("pillow", "loglik")
+SIGNAL_OF = {"pillow": "generate", "loglik": "loglik"}
 
 
 @dataclass(frozen=True)
@@ -148,7 +138,7 @@ class RewardEngine:
         if self.signal not in SIGNALS:
             raise ValueError(f"signal must be one of {', '.join(SIGNALS)}, got {self.signal!r}")
         if self.signal == "loglik" and not callable(getattr(self.generator, "loglik", None)):
-            raise ValueError(f"the LLM backend {type(self.generator).__name__} cannot score likelihoods; "
+            raise LikelihoodUnsupported(f"the LLM backend {type(self.generator).__name__} cannot score likelihoods; "
                              "use signal='generate' or an in-process Hugging Face model")
         self._score = _as_scorer(self.reward)
         self._memory = LRUCache(self.memory_cache_size)

@@ -13,7 +13,7 @@ from gymnasium import spaces
 from .cache import check_cache_path
 from .data import Example, ExampleSource, require_answers, resolve_examples
 from .encoder import Encoder, load_encoder
-from .engine import RewardEngine, ScoredGeneration
+from .engine import SIGNAL_OF, TRAIN_REWARDS, RewardEngine, ScoredGeneration
 from .prompts import user_text
 from .resources import (DEFAULT_MODEL, embed_examples, make_engine, resolve_cache_path, set_threads,
                         shared_backend, shared_engine)
@@ -129,9 +129,9 @@ class PillowMatchEnv(gym.Env):
             self._engine_config = {"model": model, "adapter": adapter, "encoder": encoder, "reward": reward,
                                    "cache_path": resolve_cache_path(cache_path), "max_new_tokens": max_new_tokens}
         self.encoder = load_encoder(encoder) if isinstance(encoder, str) else encoder
-        if isinstance(reward, str) and reward not in ("pillow", "loglik"):
+        if isinstance(reward, str) and reward not in TRAIN_REWARDS:
             raise ValueError(f"reward must be None, 'pillow', 'loglik' or a callable, got {reward!r}")
-        signal = "loglik" if reward == "loglik" else "generate"
+        signal = SIGNAL_OF.get(reward, "generate") if isinstance(reward, str) else "generate"
         set_threads(threads)
         if cache_path is not None and engine is None:
             check_cache_path(Path(cache_path).expanduser())  # a bad cache path fails now, before any model load

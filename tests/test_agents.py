@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from agents import Agent, load_agent, Budget, ReinforceAgent, SB3Agent, evaluate, make_agent
+from agents import load_agent, Budget, ReinforceAgent, SB3Agent, evaluate, make_agent
 from pillow_env import Example, builtin_suite
 from pillow_env.engine import RewardEngine
 from pillow_env.env import PillowMatchEnv

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from agents import Agent, load_agent, Budget, make_agent
+from agents import load_agent, Budget, make_agent
 from pillow_env import builtin_suite
 from pillow_env.backends import load_backend
 from pillow_env.bench import BenchConfig, run_bench
@@ -16,6 +16,7 @@ from pillow_env.engine import RewardEngine
 from pillow_env.env import PillowMatchEnv
 from pillow_env.rewards import PillowReward
 from pillow_env.rllib import ENV_CONFIG_KEYS, MaskedObservation, make_env
+from tests.test_agents import FavouredGenerator, StubGenerator, stub_reward
 
 SUITE = builtin_suite(0)
 POOL = [e.to_dict() for e in SUITE.pool[:12]]
@@ -133,14 +134,93 @@ def test_masked_module_puts_no_probability_on_invalid_actions(ray_local, algorit
         module_spec(algorithm="DQN")
 
 
+@pytest.mark.parametrize("algorithm", ["PPO", "APPO"])
+def test_matching_module_masks_and_starts_as_knn(ray_local, algorithm, hash_encoder):
+    """The rllib_ppo agent's default module: the kNN-initialised matching network, masked."""
+    import torch
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS
+
+    from agents.base import check_pool
+    from agents.rllib_matching import matching_module_spec
+    from pillow_env.resources import embed_examples
+
+    env = PillowMatchEnv(SUITE.pool, SUITE.test[:20], engine=RewardEngine(StubGenerator({}), stub_reward),
+                         encoder=hash_encoder, candidates=6)
+    space = MaskedObservation(env).observation_space
+    prompts = embed_examples(env.encoder, env.pool, with_output=False)
+    module = matching_module_spec(prompts, observation_space=space, action_space=env.action_space,
+                                  algorithm=algorithm).build()
+    obs = [MaskedObservation(env).observation(env.reset(options={"query_index": i})[0]) for i in range(3)]
+    batch = {Columns.OBS: {k: torch.as_tensor(np.stack([o[k] for o in obs])) for k in obs[0]}}
+    mask = batch[Columns.OBS]["action_mask"]
+    outputs = [module.forward_exploration(batch)[Columns.ACTION_DIST_INPUTS],
+               module.forward_train(batch)[Columns.ACTION_DIST_INPUTS]]
+    if algorithm == "APPO":
+        module.make_target_networks()
+        outputs.append(module.forward_target(batch)[TARGET_NETWORK_ACTION_DIST_INPUTS])
+    for logits in outputs:
+        probs = torch.softmax(logits, -1)
+        assert torch.all(probs[mask == 0] == 0) and torch.allclose(probs.sum(-1), torch.ones(3))
+    assert module.compute_values(batch).shape == (3,)
+
+    agent = make_agent("rllib_ppo")
+    assert agent.policy == "matching"
+    agent.state = {k: torch.as_tensor(np.asarray(v)) for k, v in module.get_state().items()}
+    agent.pool_fingerprint = check_pool(env, None)
+    knn = make_agent("knn").select_many(env, range(20))
+    assert [set(s) for s in agent.select_many(env, range(20))] == [set(s) for s in knn]
+    with pytest.raises(ValueError, match="policy must be 'matching' or 'mlp'"):
+        make_agent("rllib_ppo", policy="cnn")
+
+
+def test_rllib_ppo_matching_module_learns_a_favoured_exemplar(ray_local, hash_encoder):
+    """On a stub LLM that answers well only when one given pool entry is shown, PPO with the matching
+    module learns to show it (env runner in this process: the stub cannot be rebuilt by name)."""
+    import torch
+    from ray.tune.registry import register_env
+
+    from agents.base import check_pool
+    from agents.rllib_matching import matching_module_spec
+    from pillow_env import rllib
+    from pillow_env.data import Example
+    from pillow_env.resources import embed_examples
+
+    pool = [Example(f"Example number {k}.", f"p{k}", f"answer {k}") for k in range(10)]
+    queries = [Example("Translate the word into French.", w, "x", {"cls": "fr"})
+               for w in ["cat", "dog", "house", "tree", "car", "book", "sun", "moon"]]
+    engine = RewardEngine(FavouredGenerator("p6"), stub_reward)
+    env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
+    knn_hits = np.mean(["p6" in {pool[a].input for a in s} for s in make_agent("knn").select_many(env, range(8))])
+    spec = matching_module_spec(embed_examples(hash_encoder, pool, with_output=False))
+    register_env("favoured-stub", lambda _: MaskedObservation(PillowMatchEnv(pool, queries, engine=engine,
+                                                                             encoder=hash_encoder)))
+    config = (rllib.ppo_config({}, num_env_runners=0, train_batch_size=64, minibatch_size=32, lr=3e-3,
+                               rl_module_spec=spec)
+              .environment("favoured-stub"))
+    algo = config.build_algo()
+    try:
+        for _ in range(20):  # 20 x 32 = 640 episodes, as the SB3 algorithms get
+            algo.train()
+        state = {k: torch.as_tensor(np.asarray(v)) for k, v in algo.get_module().get_state().items()}
+    finally:
+        algo.stop()
+    agent = make_agent("rllib_ppo")
+    agent.state, agent.pool_fingerprint = state, check_pool(env, None)
+    hits = np.mean(["p6" in {pool[a].input for a in s} for s in agent.select_many(env, range(8))])
+    assert knn_hits < 0.5 and hits >= 0.875, f"rllib_ppo: kNN {knn_hits:.2f}, learned {hits:.2f}"
+
+
 def test_appo_learns_from_runners_that_never_send_an_invalid_action(ray_local, named_env, tmp_path):
     from pillow_env import rllib
 
     config = rllib.appo_config(named_env.config() | {"trajectory_dir": str(tmp_path / "logs")},
                                num_env_runners=2, train_batch_size=32, hiddens=(16,))
     algo = config.build_algo()
-    try:
-        results = [algo.train() for _ in range(2)]
+    results = []
+    try:  # APPO is asynchronous: on a busy machine the first iterations may end before any episode
+        while len(results) < 10 and (len(results) < 2 or "pillow" not in results[-1]["env_runners"]):
+            results.append(algo.train())
     finally:
         algo.stop()
     pillow = results[-1]["env_runners"]["pillow"]

@@ -1,19 +1,17 @@
 """Learning to beat retrieval: the likelihood signal, the shortlist, trajectory logs, MMR / DPP, the
 listwise agent and paired statistics (tiny model and stub LLM; fast tier)."""
 
-import itertools
 import json
-from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 
-from agents import Agent, load_agent, Budget, DPPAgent, KNNAgent, ListwiseAgent, MMRAgent, make_agent
+from agents import load_agent, Budget, DPPAgent, KNNAgent, ListwiseAgent, MMRAgent, make_agent
 from agents.set_ranker import SetRanker
 from pillow_env import Example, builtin_suite
 from pillow_env.engine import RewardEngine
 from pillow_env.env import PillowMatchEnv
+from pillow_env.resources import embed_examples
 from pillow_env.rewards import PillowReward
 from pillow_env.stats import paired_bootstrap
 from pillow_env.trajectories import example_key, read_trajectories
@@ -165,10 +163,11 @@ def _stub_problem(hash_encoder, best=None):
     return pool, queries, best, engine
 
 
-def test_listwise_matching_network_learns_query_dependent_best_pairs_and_beats_knn(hash_encoder, tmp_path):
+def test_listwise_matching_network_learns_query_dependent_best_pairs_and_beats_knn(hash_encoder, tmp_path,
+                                                                                   monkeypatch):
     pool, queries, best, engine = _stub_problem(hash_encoder)  # each kind of query has its own best pair
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    agent = ListwiseAgent(candidates=12, epochs=60, seed=0, signal="env")
+    agent = ListwiseAgent(candidates=12, epochs=60, seed=0, train_reward="pillow")
     log = agent.fit(venv, Budget(generations=600), progress=False)
     assert log["episodes"] <= 600 and engine.stats.generations <= 600
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
@@ -180,6 +179,11 @@ def test_listwise_matching_network_learns_query_dependent_best_pairs_and_beats_k
     loaded = load_agent(tmp_path / "lw")
     assert loaded.name == "listwise" and loaded.select_many(env, list(range(6))) == agent.select_many(env, range(6))
     everything = list(range(len(queries)))
+    with monkeypatch.context() as patch:  # too many sets to rank: one member at a time
+        patch.setattr("agents.listwise.MAX_ENUMERATED_SETS", 0)
+        greedy = [{pool[a].input for a in sel} == best[queries[i].metadata["cls"]]
+                  for i, sel in enumerate(agent.select_many(env, everything))]
+    assert np.mean(greedy) >= 0.9
     agent.margin = 1e9  # no departure from kNN is sure enough
     assert agent.select_many(env, everything) == KNNAgent().select_many(env, everything)
     with pytest.raises(ValueError, match="margin must be >= 0"):
@@ -193,7 +197,7 @@ def test_listwise_linear_ranker_learns_which_exemplars_help_every_query(hash_enc
     best = {"fr": {"p3", "p7"}, "sum": {"p3", "p7"}}
     pool, queries, best, engine = _stub_problem(hash_encoder, best)
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    agent = ListwiseAgent(candidates=12, seed=0, signal="env", model="linear")
+    agent = ListwiseAgent(candidates=12, seed=0, train_reward="pillow", model="linear")
     log = agent.fit(venv, Budget(generations=400), progress=False)
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
     everything = list(range(len(queries)))
@@ -211,31 +215,26 @@ def test_listwise_linear_ranker_learns_which_exemplars_help_every_query(hash_enc
     monkeypatch.setattr("agents.listwise.MAX_ENUMERATED_SETS", 0)  # too many sets: one member at a time
     assert hits(agent.select_many(env, everything)) >= 0.9
     monkeypatch.undo()
-    # a second round on the ranker's own top unscored sets: the budget is kept, and learning still works
-    refined = ListwiseAgent(candidates=12, seed=0, signal="env", model="linear", refine=0.5)
-    log = refined.fit(venv, Budget(generations=400), progress=False)
-    assert log["episodes"] == log["scored_sets"] <= 400 and hits(refined.select_many(env, everything)) >= 0.9
     with pytest.raises(ValueError, match="penalties must be"):
         ListwiseAgent(penalties=[0.0])
 
 
-def test_listwise_explores_every_shortlist_entry_equally_often(hash_encoder):
-    pool, queries, _, engine = _stub_problem(hash_encoder)
+def test_listwise_scores_knns_set_and_distinct_shortlist_sets_per_query(hash_encoder, tmp_path):
+    pool, queries, best, _ = _stub_problem(hash_encoder)
+    log_path = tmp_path / "explored.jsonl"
+    engine = RewardEngine(StubGenerator(best), stub_reward, log_path=log_path)
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
-    counts = {}
-    for balanced in (True, False):
-        agent = ListwiseAgent(candidates=8, seed=0, signal="env", balanced=balanced)
-        agent.prepare(env)
-        agent._scorer = env.engine
-        data, n = agent._explore(env, 8 * len(queries), np.random.default_rng(0), progress=False)
-        assert n == 8 * len(queries) and all(len(sets) == 8 for sets in data.values())
-        knn = KNNAgent().select_many(env, list(range(len(queries))))
-        # kNN's set is always among them
-        assert all(tuple(sorted(knn[q])) in {tuple(sorted(s)) for s in data[q]} for q in data)
-        counts[balanced] = [Counter(i for s in data[q] for i in s) for q in data]
-    # 8 pairs of 8 entries: each entry in exactly two of a query's pairs; random draws miss some entries
-    assert all(set(c.values()) == {2} and len(c) == 8 for c in counts[True])
-    assert any(len(c) < 8 or max(c.values()) > 2 for c in counts[False])
+    agent = ListwiseAgent(candidates=8, epochs=1, seed=0, train_reward="pillow")
+    log = agent.fit(env, Budget(generations=8 * len(queries)), progress=False)
+    assert log["episodes"] == log["scored_sets"] == engine.stats.requests == 8 * len(queries)
+    explored = read_trajectories(log_path, pool, queries, fingerprint=engine.fingerprint)
+    knn = KNNAgent().select_many(env, list(range(len(queries))))
+    sims = embed_examples(hash_encoder, pool, with_output=False) @ env.query_embeddings.T
+    for q in range(len(queries)):
+        sets = [tuple(t.exemplars) for t in explored if t.query_index == q]
+        shortlist = set(np.argsort(-sims[:, q], kind="stable")[:8].tolist())
+        assert len(sets) == len(set(sets)) == 8 and all(set(s) <= shortlist for s in sets)
+        assert tuple(knn[q]) in sets  # kNN's set, in kNN's prompt order, is always scored
 
 
 @pytest.mark.parametrize("model", ["linear", "matching"])
@@ -243,7 +242,7 @@ def test_listwise_falls_back_to_knn_when_learning_does_not_help(hash_encoder, mo
     pool, queries, _, _ = _stub_problem(hash_encoder)
     engine = RewardEngine(StubGenerator({"fr": set(), "sum": set()}), stub_reward)  # every set scores the same
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    agent = ListwiseAgent(candidates=6, epochs=3, seed=0, signal="env", model=model)
+    agent = ListwiseAgent(candidates=6, epochs=3, seed=0, train_reward="pillow", model=model)
     log = agent.fit(venv, Budget(generations=100), progress=False)
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
     assert log["chosen_penalty"] is None and log["chosen_epochs"] == (0 if model == "matching" else None)
@@ -255,33 +254,42 @@ def test_listwise_trains_on_logged_episodes(hash_encoder, tmp_path):
     log_path = tmp_path / "trajectories.jsonl"
     engine = RewardEngine(StubGenerator(best), stub_reward, log_path=log_path)
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    ListwiseAgent(candidates=12, epochs=1, seed=1, signal="env").fit(venv, Budget(generations=300), progress=False)
+    ListwiseAgent(candidates=12, epochs=1, seed=1, train_reward="pillow").fit(venv, Budget(generations=300), progress=False)
     logged = len(log_path.read_text().splitlines())
-    agent = ListwiseAgent(candidates=12, epochs=1, seed=0, logs=[str(log_path)], signal="env")
+    agent = ListwiseAgent(candidates=12, epochs=1, seed=0, logs=[str(log_path)], train_reward="pillow")
     log = agent.fit(venv, Budget(generations=60), progress=False)
     assert log["scored_sets"] > 60 and logged >= 250
 
 
-def test_listwise_refine_spends_its_share_on_the_networks_top_unscored_sets(hash_encoder):
-    pool, queries, best, engine = _stub_problem(hash_encoder)
-    venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    agent = ListwiseAgent(candidates=6, epochs=5, seed=0, signal="env", refine=0.5)
-    log = agent.fit(venv, Budget(generations=200), progress=False)
-    assert log["episodes"] == engine.stats.requests <= 200 and log["scored_sets"] == log["episodes"]
-    # The second round's plan: per query only sets not scored yet, best-ranked first.
-    env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
-    q = 0
-    sets = [tuple(agent._prompt_order(env, q, c)) for c in itertools.combinations(agent._shortlist(env, q), 2)]
-    scored = {s: 0.0 for s in sets[:-3]}
-    plan = agent._refine_plan(env, {q: scored} | {i: {} for i in range(1, len(queries))}, 60,
-                              np.random.default_rng(0))
-    mine = [tuple(sel) for i, sel in plan if i == q]
-    assert set(mine) == set(sets[-3:])
-    batch = agent._tensors(env, {q: dict.fromkeys(mine, 0.0)}, keep_flat=True)
-    ranks = agent._set_scores(batch, torch.as_tensor(env.pool_embeddings))[0].tolist()
-    assert ranks == sorted(ranks, reverse=True)
-    with pytest.raises(ValueError, match="refine must be in"):
-        ListwiseAgent(refine=1.0)
+def test_retired_options_load_when_off_and_are_refused_when_used(engine, hash_encoder, tmp_path):
+    import json
+
+    from agents import ReinforceAgent
+
+    venv = PillowMatchVectorEnv(4, pool=POOL, queries=TRAIN, engine=engine, encoder=hash_encoder)
+    for agent, retired in ((ListwiseAgent(epochs=1), {"balanced": True, "refine": 0.4, "explore_temperature": 0.1}),
+                           (ReinforceAgent(), {"pretrain": 0.5})):
+        agent.fit(venv, Budget(episodes=16), progress=False)
+        folder = agent.save(tmp_path / agent.name)
+        record = json.loads((folder / "agent.json").read_text())
+        off = {"balanced": False, "refine": 0.0, "explore_temperature": None, "pretrain": 0.0}
+        record["config"].update({k: off[k] for k in retired})
+        if agent.name == "listwise":  # the old name and spelling of the training signal
+            record["config"]["signal"] = "env"
+            del record["config"]["train_reward"]
+        (folder / "agent.json").write_text(json.dumps(record))
+        loaded = load_agent(folder)
+        assert loaded.name == agent.name and getattr(loaded, "train_reward", "pillow") == "pillow"
+        for key, value in retired.items():
+            record["config"][key] = value
+            (folder / "agent.json").write_text(json.dumps(record))
+            with pytest.raises(ValueError, match=f"agent.json: {agent.name} option '{key}' was removed"):
+                load_agent(folder)
+            record["config"][key] = off[key]
+    with pytest.warns(DeprecationWarning, match="train_reward"):
+        assert ListwiseAgent(signal="env").train_reward == "pillow"
+    with pytest.raises(ValueError, match="train_reward must be one of pillow, loglik"):
+        ListwiseAgent(train_reward="env")
 
 
 def test_listwise_scores_by_likelihood_by_default_and_falls_back_where_it_cannot(engine, hash_encoder):
@@ -293,18 +301,6 @@ def test_listwise_scores_by_likelihood_by_default_and_falls_back_where_it_cannot
     with pytest.warns(UserWarning, match="cannot score likelihoods.*training on the env's reward"):
         ListwiseAgent(epochs=1).fit(stub_venv, Budget(generations=40), progress=False)
     assert stub_engine.stats.requests == 40 and stub_engine.stats.loglik_passes == 0
-
-
-def test_reinforce_can_start_from_the_listwise_network_within_one_budget(engine, hash_encoder):
-    from agents import ReinforceAgent
-
-    venv = PillowMatchVectorEnv(4, pool=POOL, queries=TRAIN, engine=engine, encoder=hash_encoder)
-    agent = ReinforceAgent(pretrain=0.5, seed=0)
-    log = agent.fit(venv, Budget(episodes=64), progress=False)
-    assert engine.stats.loglik_passes == 32 and log["episodes"] >= 32  # half listwise, half REINFORCE
-    assert engine.stats.requests <= 32 + log["episodes"] <= 64 + 4
-    with pytest.raises(ValueError, match="pretrain must be in"):
-        ReinforceAgent(pretrain=1.0)
 
 
 # -- paired statistics ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from agents import Agent, load_agent, Budget, SB3Agent, make_agent
+from agents import load_agent, Budget, SB3Agent, make_agent
 from agents.selector import Selector
 from pillow_env import DataError, Example, builtin_suite
 from pillow_env import resources

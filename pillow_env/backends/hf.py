@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..prompts import PromptRenderer
-from . import loglik_token_ids
+from .base import TokenizerBackend, cut_at_stop, loglik_token_ids
 
 __all__ = ["Backbone", "ALIASES", "cache_dir", "resolve_model"]
 
@@ -94,7 +94,7 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class Backbone:
+class Backbone(TokenizerBackend):
     """A causal LM with batched greedy generation and continuation scoring.
 
     Build it with :meth:`from_pretrained`, or wrap an already-loaded model and tokenizer.
@@ -171,10 +171,6 @@ class Backbone:
         ids.update(configured if isinstance(configured, list) else [configured])
         return sorted(i for i in ids if i is not None)
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        enc = self.tokenizer(list(texts), add_special_tokens=self._add_special_tokens)
-        return [len(ids) for ids in enc["input_ids"]]
-
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 32, *, batch_size: int = 16,
                  stop: Sequence[str] = ()) -> list[str]:
@@ -198,9 +194,7 @@ class Backbone:
                                       temperature=None, top_p=None, top_k=None)
             texts = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             for i, text in zip(idx, texts):
-                for s in stop:
-                    text = text.split(s, 1)[0]
-                outputs[i] = text.strip()
+                outputs[i] = cut_at_stop(text, stop)
         return outputs
 
     @torch.no_grad()

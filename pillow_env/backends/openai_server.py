@@ -35,7 +35,8 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from ..prompts import PromptRenderer
-from . import BackendError, loglik_token_ids
+from .base import (BackendError, LikelihoodUnsupported, ServerRejected, ServerUnreachable, TokenizerBackend,
+                   cut_at_stop, loglik_token_ids)
 
 __all__ = ["OpenAIBackend", "split_target"]
 
@@ -60,7 +61,7 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-class OpenAIBackend:
+class OpenAIBackend(TokenizerBackend):
     """The LLM behind an OpenAI-compatible ``/v1/completions`` endpoint.
 
     Args:
@@ -120,10 +121,10 @@ class OpenAIBackend:
             return fn()
         except openai.APIStatusError as err:
             message = getattr(err, "body", None) or err.message
-            raise BackendError(f"{public_url(self.base_url)} ({self.model}): {what} failed with HTTP "
-                               f"{err.status_code}: {message}") from None
+            raise ServerRejected(f"{public_url(self.base_url)} ({self.model}): {what} failed with HTTP "
+                                 f"{err.status_code}: {message}", err.status_code) from None
         except (openai.APIConnectionError, openai.APITimeoutError) as err:
-            raise BackendError(f"{public_url(self.base_url)} ({self.model}): {what} failed after "
+            raise ServerUnreachable(f"{public_url(self.base_url)} ({self.model}): {what} failed after "
                                f"{self.max_retries} retries: {type(err).__name__}: {err}") from None
         finally:
             with self._lock:
@@ -153,10 +154,10 @@ class OpenAIBackend:
             try:
                 choices = self._complete(first, **params)
                 self._takes_lists = len(choices) == len(first)
-            except BackendError as err:
-                if " HTTP 4" not in str(err):
+            except ServerRejected as err:
+                if not 400 <= err.status < 500:
                     raise
-                self._takes_lists = False
+                self._takes_lists = False  # a list prompt is refused: send one prompt per request
             if self._takes_lists:
                 texts = [c.text for c in choices]
                 prompts = prompts[len(first):]
@@ -166,16 +167,7 @@ class OpenAIBackend:
                 texts += chunk
         else:
             texts += self._map(lambda p: self._complete(p, **params)[0].text, prompts)
-        out = []
-        for text in texts:
-            for s in stop:
-                text = text.split(s, 1)[0]
-            out.append(text.strip())
-        return out
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        enc = self.tokenizer(list(texts), add_special_tokens=self._add_special_tokens)
-        return [len(ids) for ids in enc["input_ids"]]
+        return [cut_at_stop(text, stop) for text in texts]
 
     # -- likelihood -------------------------------------------------------------------------------
 
@@ -221,10 +213,11 @@ class OpenAIBackend:
             try:
                 self._token_logprobs(ids, mode)
                 return mode
-            except BackendError as err:
-                if "failed after" in str(err):  # the server is down, not unable
-                    raise
-        raise BackendError(f"{public_url(self.base_url)} ({self.model}) cannot score likelihoods: it accepts "
+            except ServerUnreachable:  # the server is down, not unable
+                raise
+            except BackendError:
+                continue
+        raise LikelihoodUnsupported(f"{public_url(self.base_url)} ({self.model}) cannot score likelihoods: it accepts "
                            "neither vLLM's prompt_logprobs nor echo with logprobs on /v1/completions. Serve the "
                            "model with vLLM (or another server that supports one of them), or train with the "
                            "generation reward")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..prompts import PromptRenderer
-from . import loglik_token_ids
+from .base import TokenizerBackend, cut_at_stop, loglik_token_ids
 
 __all__ = ["VLLMBackend"]
 
@@ -37,7 +37,7 @@ def _folder_identity(folder: Path) -> list[tuple[str, int]]:
     return sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
 
-class VLLMBackend:
+class VLLMBackend(TokenizerBackend):
     """A ``vllm.LLM`` behind the engine's generator interface."""
 
     def __init__(self, llm: Any, renderer: PromptRenderer, *, name: str, adapter: str | None = None) -> None:
@@ -77,22 +77,12 @@ class VLLMBackend:
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        enc = self.tokenizer(list(texts), add_special_tokens=self._add_special_tokens)
-        return [len(ids) for ids in enc["input_ids"]]
-
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 32, *, batch_size: int = 16,
                  stop: Sequence[str] = ()) -> list[str]:
         """Greedy completions; vLLM schedules the whole list itself (``batch_size`` is not needed)."""
         params = self.vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop) or None)
         outputs = self.llm.generate(list(prompts), params, lora_request=self._lora, use_tqdm=False)
-        texts = []
-        for out in outputs:
-            text = out.outputs[0].text
-            for s in stop:
-                text = text.split(s, 1)[0]
-            texts.append(text.strip())
-        return texts
+        return [cut_at_stop(out.outputs[0].text, stop) for out in outputs]
 
     def loglik(self, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 16,
                mean: bool = False) -> np.ndarray:

@@ -48,27 +48,31 @@ def module_spec(hiddens: tuple[int, ...] = (256,), observation_space=None, actio
 
 
 def _pillow_setup(config, env_config: dict[str, Any], num_env_runners: int, hiddens: tuple[int, ...],
-                  algorithm: str, seed: int):
-    """What every config here shares: the registered env, one env and one CPU per runner, the masked
-    module for ``algorithm``, the metrics callback, the seed."""
+                  algorithm: str, seed: int, rl_module_spec=None):
+    """What every config here shares: the registered env, one env and one CPU per runner, the module
+    (``rl_module_spec``, default the masked MLP for ``algorithm``), the metrics callback, the seed."""
     from .module import PillowMetrics
 
     return (config
             .environment(register(), env_config=env_config)
             .env_runners(num_env_runners=num_env_runners, num_envs_per_env_runner=1, num_cpus_per_env_runner=1)
-            .rl_module(rl_module_spec=module_spec(hiddens, algorithm=algorithm))
+            .rl_module(rl_module_spec=rl_module_spec or module_spec(hiddens, algorithm=algorithm))
             .callbacks(PillowMetrics)
             .debugging(seed=seed, log_level="WARN"))
 
 
 def ppo_config(env_config: dict[str, Any], *, num_env_runners: int = 2, train_batch_size: int = 256,
                minibatch_size: int = 64, num_epochs: int = 4, lr: float = 3e-4, entropy_coeff: float = 0.01,
-               hiddens: tuple[int, ...] = (256,), seed: int = 0):
+               hiddens: tuple[int, ...] = (256,), seed: int = 0, rl_module_spec=None):
     """A ``PPOConfig`` for the registered env: masked module, metrics callback, undiscounted returns
-    (an episode is ``m`` steps and only the last one is rewarded), one CPU per env runner."""
+    (an episode is ``m`` steps and only the last one is rewarded), one CPU per env runner.
+
+    ``rl_module_spec`` replaces the masked MLP (``hiddens``): e.g.
+    ``agents.rllib_matching.matching_module_spec(prompts)`` (``prompts``: the pool's input
+    embeddings), the kNN-initialised matching network the ``rllib_ppo`` agent uses by default."""
     from ray.rllib.algorithms.ppo import PPOConfig
 
-    return (_pillow_setup(PPOConfig(), env_config, num_env_runners, hiddens, "PPO", seed)
+    return (_pillow_setup(PPOConfig(), env_config, num_env_runners, hiddens, "PPO", seed, rl_module_spec)
             .env_runners(rollout_fragment_length="auto")
             .training(train_batch_size_per_learner=train_batch_size, minibatch_size=minibatch_size,
                       num_epochs=num_epochs, lr=lr, entropy_coeff=entropy_coeff, gamma=1.0, lambda_=1.0))
@@ -76,12 +80,12 @@ def ppo_config(env_config: dict[str, Any], *, num_env_runners: int = 2, train_ba
 
 def appo_config(env_config: dict[str, Any], *, num_env_runners: int = 2, train_batch_size: int = 256,
                 lr: float = 3e-4, entropy_coeff: float = 0.01, hiddens: tuple[int, ...] = (256,),
-                seed: int = 0):
+                seed: int = 0, rl_module_spec=None):
     """An ``APPOConfig`` for the registered env, set up like :func:`ppo_config`: APPO learns while the
     runners keep sampling (V-trace corrects for the lag), which suits an env whose steps wait on an LLM."""
     from ray.rllib.algorithms.appo import APPOConfig
 
-    return (_pillow_setup(APPOConfig(), env_config, num_env_runners, hiddens, "APPO", seed)
+    return (_pillow_setup(APPOConfig(), env_config, num_env_runners, hiddens, "APPO", seed, rl_module_spec)
             .learners(num_learners=0)  # the tiny network learns in the driver; the CPUs go to the runners
             .training(train_batch_size_per_learner=train_batch_size, lr=lr, entropy_coeff=entropy_coeff,
                       gamma=1.0, lambda_=1.0))
