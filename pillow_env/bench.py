@@ -27,12 +27,15 @@ __all__ = ["BenchConfig", "run_bench", "pool_splits"]
 METRICS = ("reward", "rouge_l", "semantic", "exact_match")
 
 
+DEFAULT_AGENTS = ("zero_shot", "random", "knn", "reinforce", "listwise")  # `pillow-env bench` without --agents
+
+
 @dataclass
 class BenchConfig:
     pool: str = "builtin"
     train: str = "builtin"
     test: str = "builtin"
-    agents: list[str] = field(default_factory=lambda: ["zero_shot", "random", "knn", "reinforce", "ppo"])
+    agents: list[str] = field(default_factory=lambda: list(DEFAULT_AGENTS))
     shots: int = 2
     model: str = DEFAULT_MODEL
     adapter: str | None = None

@@ -9,6 +9,8 @@ from pathlib import Path
 from .backends import DEFAULT_MODEL
 from .engine import TRAIN_REWARDS
 
+MODEL_HELP = "the LLM: a Hugging Face name or folder, an alias (smollm2-135m-instruct), openai:URL#MODEL or vllm:NAME"
+
 
 def _agent_list(text: str) -> list[str]:
     from agents import AGENTS
@@ -86,7 +88,7 @@ def _add_data(p: argparse.ArgumentParser, *, test: bool = True) -> None:
     if test:
         p.add_argument("--test", type=_source, default=None, help="held-out queries file, or a built-in suite")
     p.add_argument("--shots", type=_positive, default=2, help="exemplars per query (m)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="HF causal LM name/path or alias")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--adapter", default=None, help="peft LoRA adapter folder")
     p.add_argument("--seed", type=int, default=0, help="seeds the agents; also re-splits a built-in suite")
     p.add_argument("--max-new-tokens", type=_positive, default=24, help="most tokens generated per answer")
@@ -276,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[shared], formatter_class=fmt, **kwargs)
 
     demo = add("demo", help="zero-shot vs random vs same-task exemplars on the built-in suite")
-    demo.add_argument("--model", default=DEFAULT_MODEL, help="HF causal LM name/path or alias")
+    demo.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     demo.add_argument("--shots", type=_positive, default=2, help="exemplars per query")
     demo.add_argument("--queries", type=_positive, default=None, help="first N test queries (default: all)")
     demo.add_argument("--seed", type=int, default=0, help="built-in suite split and random exemplars")
@@ -287,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = add("bench", help="train and compare agents; writes results.json, results.md, curves.png")
     _add_data(bench)
-    bench.add_argument("--agents", type=_agent_list, default=["zero_shot", "random", "knn", "reinforce", "ppo"],
+    from .bench import DEFAULT_AGENTS
+
+    bench.add_argument("--agents", type=_agent_list, default=list(DEFAULT_AGENTS),
                        help=f"comma-separated agent names, of: {', '.join(agent_names())}")
     bench.add_argument("--episodes", type=_positive, default=1000,
                        help="training budget per learning agent: episodes (listwise: LLM calls)")
@@ -334,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     trb = add("train-backbone", help="prompt-loss-weighted LoRA (or, with --full, full) fine-tuning of the LLM")
     trb.add_argument("--data", type=_source, default="builtin", help="training file, or a built-in suite (its train split)")
-    trb.add_argument("--model", default=DEFAULT_MODEL, help="HF causal LM name/path or alias")
+    trb.add_argument("--model", default=DEFAULT_MODEL, help="the Hugging Face causal LM to tune: name, folder or alias")
     trb.add_argument("--plw", type=float, default=0.1, help="prompt-loss weight in [0, 1]")
     trb.add_argument("--full", action="store_true",
                      help="fine-tune every weight (SFT) and save the whole model, instead of a LoRA adapter")
