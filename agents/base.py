@@ -24,6 +24,7 @@ from pillow_env.vector import PillowMatchVectorEnv
 __all__ = ["Agent", "Budget", "check_arguments", "check_pool", "read_saved", "unwrap", "unwrap_vector"]
 
 CONFIG_NAME = "agent.json"
+HISTORY_NAME = "history.json"
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,12 @@ def unwrap(env: gym.Env | gym.vector.VectorEnv) -> PillowMatchEnv | PillowMatchV
     if not isinstance(base, (PillowMatchEnv, PillowMatchVectorEnv)):
         raise TypeError(f"expected a PillowMatch-v0 env or vector env, got {type(base).__name__}")
     return base
+
+
+def first_env(env: gym.Env | gym.vector.VectorEnv) -> PillowMatchEnv:
+    """The single env behind ``env``: itself, or the first of a vector env (all share pool and queries)."""
+    base = unwrap(env)
+    return base.envs[0] if isinstance(base, PillowMatchVectorEnv) else base
 
 
 def unwrap_vector(env: gym.Env | gym.vector.VectorEnv, who: str) -> PillowMatchVectorEnv:
@@ -201,10 +208,20 @@ def check_arguments(agent_cls: Any, kwargs: dict[str, Any], where: str) -> None:
                              f"({type(default).__name__}), got {value!r}")
 
 
+def save_history(folder: Path, history: list) -> None:
+    """A learner's training history beside its weights (``history.json``)."""
+    (folder / HISTORY_NAME).write_text(json.dumps(history))
+
+
+def load_history(folder: Path) -> list:
+    """The saved training history, or ``[]`` for a folder saved without one."""
+    path = folder / HISTORY_NAME
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
 def check_pool(env: PillowMatchEnv | PillowMatchVectorEnv, trained_on: str | None) -> str:
     """The fingerprint of ``env``'s pool; a ``ValueError`` if an agent trained on another pool meets it."""
-    single = env.envs[0] if isinstance(env, PillowMatchVectorEnv) else env
-    fingerprint = examples_fingerprint(single.pool)
+    fingerprint = examples_fingerprint(first_env(env).pool)
     if trained_on is not None and fingerprint != trained_on:
         raise ValueError("this agent was trained on a different exemplar pool "
                          f"(fingerprint {trained_on}, env has {fingerprint})")

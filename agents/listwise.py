@@ -48,7 +48,7 @@ from pillow_env.resources import embed_examples, embed_field
 from pillow_env.stats import paired_bootstrap
 from pillow_env.trajectories import read_trajectories
 
-from .base import Agent, Budget, check_pool, summary_writer, unwrap
+from .base import Agent, Budget, check_pool, first_env, summary_writer
 from .matching import MatchingNetwork, load_network, save_network
 from .scored_sets import ScoredSets, SetBatch, SetScorer
 from .set_ranker import SetRanker, example_views, load_ranker, save_ranker
@@ -172,14 +172,13 @@ class ListwiseAgent(Agent):
             check_pool(env, self.pool_fingerprint)
             return
         self.pool_fingerprint = check_pool(env, None)
-        self.net = self._new_network(env.envs[0] if hasattr(env, "envs") else env)
+        self.net = self._new_network(first_env(env))
 
     # -- training --------------------------------------------------------------------------------
 
     def fit(self, env, budget: Budget | None = None, *, tensorboard: str | Path | None = None,
             progress: bool = True, **kwargs: Any) -> dict[str, Any]:
-        base = unwrap(env)
-        single: PillowMatchEnv = base.envs[0] if hasattr(base, "envs") else base
+        single = first_env(env)
         if single.observation != "embedding":
             raise ValueError("ListwiseAgent needs observation='embedding'")
         budget = budget or Budget(generations=2000)

@@ -9,13 +9,13 @@ RL only has to learn the corrections.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .base import load_history, save_history
 from .scored_sets import SetBatch
 
 __all__ = ["MatchingNetwork", "save_network", "load_network", "WEIGHTS_NAME"]
@@ -100,7 +100,7 @@ def save_network(net: MatchingNetwork | None, folder: Path, history: list) -> No
     if net is None:
         raise ValueError("nothing to save: fit or prepare the agent first")
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / WEIGHTS_NAME))
-    (folder / "history.json").write_text(json.dumps(history))
+    save_history(folder, history)
 
 
 def load_network(folder: Path, hidden: int, temperature: float, knn_init: bool) -> tuple[MatchingNetwork, list]:
@@ -110,5 +110,4 @@ def load_network(folder: Path, hidden: int, temperature: float, knn_init: bool) 
     m = state["state_mlp.net.0.weight"].shape[1] - 2 * prompts.shape[1] - 1
     net = MatchingNetwork(prompts, m, hidden, temperature, knn_init)
     net.load_state_dict(state)
-    history = folder / "history.json"
-    return net.eval(), json.loads(history.read_text()) if history.is_file() else []
+    return net.eval(), load_history(folder)

@@ -13,7 +13,7 @@ from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples
 from pillow_env.vector import PillowMatchVectorEnv
 
-from .base import Agent, Budget, check_pool, greedy_rollout, summary_writer, unwrap_vector
+from .base import Agent, Budget, check_pool, first_env, greedy_rollout, summary_writer, unwrap_vector
 from .matching import MatchingNetwork, load_network, save_network
 
 __all__ = ["ReinforceAgent"]
@@ -81,7 +81,7 @@ class ReinforceAgent(Agent):
         if self.net is not None:
             check_pool(env, self.pool_fingerprint)
             return
-        single = env.envs[0] if isinstance(env, PillowMatchVectorEnv) else env
+        single = first_env(env)
         fingerprint = check_pool(env, None)
         torch.manual_seed(self.seed)
         keys = torch.as_tensor(embed_examples(single.encoder, single.pool, with_output=False))

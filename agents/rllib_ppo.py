@@ -10,7 +10,6 @@ process, without Ray workers.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples
 
-from .base import Agent, Budget, check_pool, greedy_rollout, summary_writer, unwrap
+from .base import Agent, Budget, check_pool, first_env, greedy_rollout, load_history, save_history, summary_writer
 
 __all__ = ["RLlibPPOAgent"]
 
@@ -122,8 +121,7 @@ class RLlibPPOAgent(Agent):
         from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, NUM_EPISODES_LIFETIME
 
         ray = _import_ray()
-        base = unwrap(env)
-        single: PillowMatchEnv = base.envs[0] if hasattr(base, "envs") else base
+        single = first_env(env)
         if single.observation != "embedding":
             raise ValueError("RLlibPPOAgent needs observation='embedding'")
         budget = budget or Budget(episodes=2000)
@@ -236,7 +234,7 @@ class RLlibPPOAgent(Agent):
         if self.state is None:
             raise ValueError("nothing to save: fit the agent first")
         save_file(self.state, str(path / WEIGHTS_NAME))
-        (path / "history.json").write_text(json.dumps(self.history))
+        save_history(path, self.history)
 
     def _load_weights(self, path: Path, trusted: bool = False) -> None:
         file = path / WEIGHTS_NAME
@@ -245,5 +243,4 @@ class RLlibPPOAgent(Agent):
         self.state = load_file(str(file))
         if "net.prompts" not in self.state:  # saved by the MLP policy (the default before the matching network)
             self.policy = "mlp"
-        history = path / "history.json"
-        self.history = json.loads(history.read_text()) if history.is_file() else []
+        self.history = load_history(path)

@@ -24,7 +24,6 @@ Symmetric in the members, so it scores a set, not an order; a partial set is sco
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from torch import nn
 from pillow_env.encoder import Encoder
 from pillow_env.resources import embed_examples, embed_field
 
+from .base import load_history, save_history
 from .scored_sets import SetBatch
 
 __all__ = ["FEATURES", "RANKER_WEIGHTS", "SetRanker", "example_views", "load_ranker", "save_ranker"]
@@ -100,7 +100,7 @@ def save_ranker(ranker: SetRanker | None, folder: Path, history: list) -> None:
     if ranker is None:
         raise ValueError("nothing to save: fit or prepare the agent first")
     save_file({k: v.contiguous() for k, v in ranker.state_dict().items()}, str(folder / RANKER_WEIGHTS))
-    (folder / "history.json").write_text(json.dumps(history))
+    save_history(folder, history)
 
 
 def load_ranker(folder: Path) -> tuple[SetRanker, list]:
@@ -108,5 +108,4 @@ def load_ranker(folder: Path) -> tuple[SetRanker, list]:
     state = load_file(str(folder / RANKER_WEIGHTS))
     ranker = SetRanker(state["pool_views"], state["pool_outputs"], int(state["set_size"]))
     ranker.load_state_dict(state)
-    history = folder / "history.json"
-    return ranker.eval(), json.loads(history.read_text()) if history.is_file() else []
+    return ranker.eval(), load_history(folder)

@@ -22,7 +22,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -193,9 +193,7 @@ class RewardEngine:
         (sharing the stats keeps one count of the LLM calls a run made)."""
         if signal == self.signal:
             return self
-        sibling = RewardEngine(self.generator, self.reward, max_new_tokens=self.max_new_tokens,
-                               batch_size=self.batch_size, stop=self.stop, memory_cache_size=self.memory_cache_size,
-                               cache_path=self.cache_path, signal=signal, log_path=self.log_path)
+        sibling = replace(self, signal=signal)
         sibling.stats = self.stats
         return sibling
 
