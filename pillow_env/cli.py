@@ -274,8 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, **kwargs) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[shared], formatter_class=fmt, **kwargs)
+    # Option groups shared by several commands, each built once (argparse parent parsers).
+    data, queries_data, training = (argparse.ArgumentParser(add_help=False) for _ in range(3))
+    _add_data(data)
+    _add_data(queries_data, test=False)
+    _add_training(training)
+
+    def add(name: str, *parents: argparse.ArgumentParser, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[shared, *parents], formatter_class=fmt, **kwargs)
 
     demo = add("demo", help="zero-shot vs random vs same-task exemplars on the built-in suite")
     demo.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
@@ -287,8 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     demo.set_defaults(func=_demo)
 
-    bench = add("bench", help="train and compare agents; writes results.json, results.md, curves.png")
-    _add_data(bench)
+    bench = add("bench", data, training, help="train and compare agents; writes results.json, results.md, curves.png")
     from .bench import DEFAULT_AGENTS
 
     bench.add_argument("--agents", type=_agent_list, default=list(DEFAULT_AGENTS),
@@ -298,7 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=Path("runs/bench"), help="results folder")
     bench.add_argument("--cache", default=None, help="SQLite reward cache to reuse (default OUT/cache.sqlite)")
     bench.add_argument("--num-envs", type=_positive, default=16, help="episodes scored per batched LLM call while training")
-    _add_training(bench)
     bench.add_argument("--test-limit", type=_positive, default=None, help="evaluate on the first N test queries")
     bench.add_argument("--train-limit", type=_positive, default=None,
                        help="train on the first N training queries (a learning curve: gain vs queries)")
@@ -312,8 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "and tested on each, and the paired differences are pooled")
     bench.set_defaults(func=_bench)
 
-    insp = add("inspect", help="one query, one agent: exemplars, prompt, generation, reward")
-    _add_data(insp, test=False)
+    insp = add("inspect", queries_data, help="one query, one agent: exemplars, prompt, generation, reward")
     insp.add_argument("--queries", type=_source, default=None, help="queries file, or a built-in suite (its test split)")
     insp.add_argument("--query-index", type=int, default=0, help="which test query (0-based)")
     insp.add_argument("--agent", type=_agent_name, default="knn", help=f"one of: {', '.join(agent_names())}")
@@ -323,8 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="allow loading an SB3 agent's model.zip (a pickle: only for folders you made)")
     insp.set_defaults(func=_inspect)
 
-    tra = add("train-agent", help="train one agent and save it")
-    _add_data(tra, test=False)
+    tra = add("train-agent", queries_data, training, help="train one agent and save it")
     tra.add_argument("--agent", type=_agent_name, default="reinforce", help=f"one of: {', '.join(agent_names())}")
     tra.add_argument("--episodes", type=_positive, default=1000, help="training budget: episodes (listwise: LLM calls)")
     tra.add_argument("--num-envs", type=_positive, default=16, help="episodes scored per batched LLM call")
@@ -332,7 +334,6 @@ def build_parser() -> argparse.ArgumentParser:
     tra.add_argument("--tensorboard", default=None, help="TensorBoard log folder")
     tra.add_argument("--agent-kwargs", type=_agent_kwargs, default={},
                      help='constructor arguments as JSON, e.g. \'{"listwise": {"candidates": 6}}\'')
-    _add_training(tra)
     tra.add_argument("--cache", default=None, help="SQLite reward cache to reuse")
     tra.set_defaults(func=_train_agent)
 
