@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,22 +31,28 @@ HISTORY_NAME = "history.json"
 @dataclass(frozen=True)
 class Budget:
     """How much a learning agent may spend: episodes and/or LLM calls (generations plus likelihood
-    passes: the scarce resource). ``generations`` keeps its name for compatibility."""
+    passes: the scarce resource). ``generations=`` is the old name of ``llm_calls`` (deprecated)."""
 
     episodes: int | None = None
-    generations: int | None = None
+    llm_calls: int | None = None
+    generations: int | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.episodes is None and self.generations is None:
-            raise ValueError("Budget needs episodes or generations (or both)")
-        for name in ("episodes", "generations"):
+        if self.generations is not None and self.llm_calls is None:
+            warnings.warn("Budget(llm_calls=N) is deprecated: use Budget(llm_calls=N)", DeprecationWarning,
+                          stacklevel=3)
+            object.__setattr__(self, "llm_calls", self.generations)
+        object.__setattr__(self, "generations", self.llm_calls)  # for code that still reads the old name
+        if self.episodes is None and self.llm_calls is None:
+            raise ValueError("Budget needs episodes or llm_calls (or both)")
+        for name in ("episodes", "llm_calls"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"Budget.{name} must be >= 1, got {value}")
 
-    def exhausted(self, episodes: int, generations: int) -> bool:
+    def exhausted(self, episodes: int, llm_calls: int) -> bool:
         return ((self.episodes is not None and episodes >= self.episodes)
-                or (self.generations is not None and generations >= self.generations))
+                or (self.llm_calls is not None and llm_calls >= self.llm_calls))
 
 
 def unwrap(env: gym.Env | gym.vector.VectorEnv) -> PillowMatchEnv | PillowMatchVectorEnv:
@@ -123,8 +130,6 @@ class Agent(ABC):
         SB3 unpickles: they load only with ``trusted=True``, for folders you made yourself.
         """
         if cls is Agent:  # kept for code written before load_agent; the registry is imported only here
-            import warnings
-
             from .registry import load_agent
 
             warnings.warn("Agent.load(folder) is deprecated: use agents.load_agent(folder)", DeprecationWarning,

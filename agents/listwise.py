@@ -181,8 +181,8 @@ class ListwiseAgent(Agent):
         single = first_env(env)
         if single.observation != "embedding":
             raise ValueError("ListwiseAgent needs observation='embedding'")
-        budget = budget or Budget(generations=2000)
-        limit = min(b for b in (budget.episodes, budget.generations) if b is not None)
+        budget = budget or Budget(llm_calls=2000)
+        limit = min(b for b in (budget.episodes, budget.llm_calls) if b is not None)
         self.prepare(single)
         rng = np.random.default_rng(self.seed)
         self._scorer = self._scoring_engine(single.engine)

@@ -104,7 +104,7 @@ class ReinforceAgent(Agent):
         start_generations, start_hits = engine.stats.llm_calls, engine.stats.cache_hits
         baseline: float | None = None
         episodes = generations = 0
-        bar = tqdm(total=budget.episodes or budget.generations, disable=not progress,
+        bar = tqdm(total=budget.episodes or budget.llm_calls, disable=not progress,
                    desc="reinforce", unit="episode" if budget.episodes else "generation")
         queries = np.random.default_rng(self.seed)
         n_queries = len(venv.envs[0].queries)

@@ -136,7 +136,7 @@ class RLlibPPOAgent(Agent):
 
         def affordable(episodes: int, calls: int) -> bool:  # another iteration stays within the budget
             return ((budget.episodes is None or episodes + per_iteration <= budget.episodes)
-                    and (budget.generations is None or calls + per_iteration <= budget.generations))
+                    and (budget.llm_calls is None or calls + per_iteration <= budget.llm_calls))
 
         if not affordable(0, 0):
             raise ValueError(f"rllib_ppo: one PPO iteration samples ~{per_iteration} episodes "
@@ -158,7 +158,7 @@ class RLlibPPOAgent(Agent):
         writer = summary_writer(tensorboard)
         episodes = llm_calls = 0
         self.history = []
-        bar = tqdm(total=budget.episodes or budget.generations, desc="rllib_ppo", unit="episode",
+        bar = tqdm(total=budget.episodes or budget.llm_calls, desc="rllib_ppo", unit="episode",
                    disable=not progress)
         try:
             while affordable(episodes, llm_calls):

@@ -113,7 +113,7 @@ class _BudgetCallback(BaseCallback):
         self._returns: list[float] = []
 
     def _on_training_start(self) -> None:
-        total = self.budget.episodes or self.budget.generations
+        total = self.budget.episodes or self.budget.llm_calls
         self.bar = tqdm(total=total, desc=self.desc, disable=not self.progress,
                         unit="episode" if self.budget.episodes else "generation")
 
@@ -280,7 +280,7 @@ class SB3Agent(Agent):
             self.model.set_env(vec_env)
         callback = _BudgetCallback(venv.engine, budget, m, progress, self.algo)
         # Timesteps are a ceiling only; the callback stops at the budget.
-        total = (budget.episodes or budget.generations or 0) * m * 2 + venv.num_envs * m * 8
+        total = (budget.episodes or budget.llm_calls or 0) * m * 2 + venv.num_envs * m * 8
         self.model.learn(total_timesteps=total, callback=callback, tb_log_name=self.algo)
         self.history = callback.history
         return {"episodes": self.model.num_timesteps // m,

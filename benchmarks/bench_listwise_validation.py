@@ -124,7 +124,7 @@ def main() -> None:
                 subset = np.random.default_rng(1000 + seed).permutation(len(env_a.queries))[:args.queries]
                 train_env = PillowMatchEnv(suite.pool, [env_a.queries[i] for i in subset],
                                            cache_path=args.cache)
-            log = agent.fit(train_env, Budget(generations=args.budget), progress=False)
+            log = agent.fit(train_env, Budget(llm_calls=args.budget), progress=False)
             own = agent.margin
             for margin in margins:  # a selection-time setting: one trained agent serves every margin
                 agent.margin = own if margin is None else margin

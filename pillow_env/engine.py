@@ -57,6 +57,9 @@ class ScoredGeneration:
 
 @dataclass
 class EngineStats:
+    """What an engine did: ``generations`` (answers decoded) and ``loglik_passes`` (likelihood
+    passes) are the LLM calls (``llm_calls``), ``backend_calls`` the batched requests they took."""
+
     requests: int = 0
     generations: int = 0
     loglik_passes: int = 0
@@ -64,7 +67,7 @@ class EngineStats:
     memory_hits: int = 0
     disk_hits: int = 0
     duplicates: int = 0
-    generate_calls: int = 0
+    backend_calls: int = 0  # batched calls to the backend (generate or loglik), each of up to batch_size prompts
     max_batch: int = 0
     prompt_tokens: int = 0
     generated_tokens: int = 0
@@ -296,7 +299,7 @@ class RewardEngine:
                                               stop=self.stop)
         stats.generation_seconds += time.perf_counter() - t
         stats.generations += len(prompts)
-        stats.generate_calls += 1
+        stats.backend_calls += 1
         stats.max_batch = max(stats.max_batch, len(prompts))
         stats.prompt_tokens += sum(self.generator.count_tokens(prompts))
         stats.generated_tokens += sum(self.generator.count_tokens(generations)) if generations else 0
@@ -313,7 +316,7 @@ class RewardEngine:
         mean_logprob = self.generator.loglik(prompts, references, batch_size=self.batch_size, mean=True)
         stats.generation_seconds += time.perf_counter() - t
         stats.loglik_passes += len(prompts)
-        stats.generate_calls += 1
+        stats.backend_calls += 1
         stats.max_batch = max(stats.max_batch, len(prompts))
         stats.prompt_tokens += sum(self.generator.count_tokens(prompts))
         rewards = check_reward("loglik", 2.0 * np.exp(np.asarray(mean_logprob, dtype=np.float64)) - 1.0, len(prompts))

@@ -122,7 +122,7 @@ def test_sb3_trains_through_batched_generations(algo, tiny_backbone, hash_encode
     engine = RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), max_new_tokens=3)
     agent = SB3Agent(algo)
     log = agent.fit(vec(engine, hash_encoder, n=4), Budget(episodes=32), progress=False)
-    assert engine.stats.max_batch > 1 and engine.stats.generate_calls < engine.stats.generations
+    assert engine.stats.max_batch > 1 and engine.stats.backend_calls < engine.stats.generations
     assert log["episodes"] >= 32
 
 
@@ -138,8 +138,11 @@ def test_matching_policy_head_trains(engine, hash_encoder, tmp_path):
 
 
 def test_generation_budget_is_respected(engine, hash_encoder):
-    log = ReinforceAgent().fit(vec(engine, hash_encoder), Budget(generations=10), progress=False)
+    log = ReinforceAgent().fit(vec(engine, hash_encoder), Budget(llm_calls=10), progress=False)
     assert 10 <= log["generations"] <= 10 + 4
+    with pytest.warns(DeprecationWarning, match="llm_calls"):
+        old = Budget(generations=10)  # the old name
+    assert old == Budget(llm_calls=10) and old.generations == 10
 
 
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "maskable_ppo"])

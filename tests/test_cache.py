@@ -56,7 +56,7 @@ def test_lru_evicts_least_recently_used():
 def test_engine_dedupes_and_caches_in_memory(tiny_backbone, hash_encoder):
     engine = RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), max_new_tokens=4)
     first = engine.score(REQUESTS + REQUESTS[:2])
-    assert engine.stats.generations == 6 and engine.stats.duplicates == 2 and engine.stats.generate_calls == 1
+    assert engine.stats.generations == 6 and engine.stats.duplicates == 2 and engine.stats.backend_calls == 1
     again = engine.score(REQUESTS)
     assert engine.stats.generations == 6 and engine.stats.memory_hits == 6
     assert [r.reward for r in again] == [r.reward for r in first[:6]] and all(r.cached for r in again)

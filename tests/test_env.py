@@ -144,7 +144,7 @@ def test_vector_final_step_is_one_batched_call(tiny_backbone, hash_encoder):
     venv.step(np.arange(6))
     assert engine.stats.requests == 0
     venv.step(np.arange(6) + 6)
-    assert engine.stats.requests == 6 and engine.stats.generate_calls == 1
+    assert engine.stats.requests == 6 and engine.stats.backend_calls == 1
 
 
 def test_gym_make_and_make_vec(engine, hash_encoder):

@@ -168,7 +168,7 @@ def test_listwise_matching_network_learns_query_dependent_best_pairs_and_beats_k
     pool, queries, best, engine = _stub_problem(hash_encoder)  # each kind of query has its own best pair
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
     agent = ListwiseAgent(candidates=12, epochs=60, seed=0, train_reward="pillow")
-    log = agent.fit(venv, Budget(generations=600), progress=False)
+    log = agent.fit(venv, Budget(llm_calls=600), progress=False)
     assert log["episodes"] <= 600 and engine.stats.generations <= 600
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
     optimal = [{pool[a].input for a in agent.select(env, i)} == best[q.metadata["cls"]] for i, q in enumerate(queries)]
@@ -198,7 +198,7 @@ def test_listwise_linear_ranker_learns_which_exemplars_help_every_query(hash_enc
     pool, queries, best, engine = _stub_problem(hash_encoder, best)
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
     agent = ListwiseAgent(candidates=12, seed=0, train_reward="pillow", model="linear")
-    log = agent.fit(venv, Budget(generations=400), progress=False)
+    log = agent.fit(venv, Budget(llm_calls=400), progress=False)
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
     everything = list(range(len(queries)))
 
@@ -225,7 +225,7 @@ def test_listwise_scores_knns_set_and_distinct_shortlist_sets_per_query(hash_enc
     engine = RewardEngine(StubGenerator(best), stub_reward, log_path=log_path)
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
     agent = ListwiseAgent(candidates=8, epochs=1, seed=0, train_reward="pillow")
-    log = agent.fit(env, Budget(generations=8 * len(queries)), progress=False)
+    log = agent.fit(env, Budget(llm_calls=8 * len(queries)), progress=False)
     assert log["episodes"] == log["scored_sets"] == engine.stats.requests == 8 * len(queries)
     explored = read_trajectories(log_path, pool, queries, fingerprint=engine.fingerprint)
     knn = KNNAgent().select_many(env, list(range(len(queries))))
@@ -243,7 +243,7 @@ def test_listwise_falls_back_to_knn_when_learning_does_not_help(hash_encoder, mo
     engine = RewardEngine(StubGenerator({"fr": set(), "sum": set()}), stub_reward)  # every set scores the same
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
     agent = ListwiseAgent(candidates=6, epochs=3, seed=0, train_reward="pillow", model=model)
-    log = agent.fit(venv, Budget(generations=100), progress=False)
+    log = agent.fit(venv, Budget(llm_calls=100), progress=False)
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
     assert log["chosen_penalty"] is None and log["chosen_epochs"] == (0 if model == "matching" else None)
     assert agent.select_many(env, list(range(len(queries)))) == KNNAgent().select_many(env, list(range(len(queries))))
@@ -254,10 +254,10 @@ def test_listwise_trains_on_logged_episodes(hash_encoder, tmp_path):
     log_path = tmp_path / "trajectories.jsonl"
     engine = RewardEngine(StubGenerator(best), stub_reward, log_path=log_path)
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    ListwiseAgent(candidates=12, epochs=1, seed=1, train_reward="pillow").fit(venv, Budget(generations=300), progress=False)
+    ListwiseAgent(candidates=12, epochs=1, seed=1, train_reward="pillow").fit(venv, Budget(llm_calls=300), progress=False)
     logged = len(log_path.read_text().splitlines())
     agent = ListwiseAgent(candidates=12, epochs=1, seed=0, logs=[str(log_path)], train_reward="pillow")
-    log = agent.fit(venv, Budget(generations=60), progress=False)
+    log = agent.fit(venv, Budget(llm_calls=60), progress=False)
     assert log["scored_sets"] > 60 and logged >= 250
 
 
@@ -294,12 +294,12 @@ def test_retired_options_load_when_off_and_are_refused_when_used(engine, hash_en
 
 def test_listwise_scores_by_likelihood_by_default_and_falls_back_where_it_cannot(engine, hash_encoder):
     venv = PillowMatchVectorEnv(4, pool=POOL, queries=TRAIN, engine=engine, encoder=hash_encoder)
-    ListwiseAgent(epochs=2).fit(venv, Budget(generations=48), progress=False)
+    ListwiseAgent(epochs=2).fit(venv, Budget(llm_calls=48), progress=False)
     assert engine.stats.generations == 0 and engine.stats.loglik_passes == 48  # its likelihood sibling scored
     pool, queries, _, stub_engine = _stub_problem(hash_encoder)
     stub_venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=stub_engine, encoder=hash_encoder)
     with pytest.warns(UserWarning, match="cannot score likelihoods.*training on the env's reward"):
-        ListwiseAgent(epochs=1).fit(stub_venv, Budget(generations=40), progress=False)
+        ListwiseAgent(epochs=1).fit(stub_venv, Budget(llm_calls=40), progress=False)
     assert stub_engine.stats.requests == 40 and stub_engine.stats.loglik_passes == 0
 
 
@@ -339,6 +339,6 @@ def test_listwise_transfers_after_fit_with_a_disk_cache(tiny_backbone, hash_enco
                           cache_path=tmp_path / "cache.sqlite")
     agent = make_agent("listwise", folds=2)
     agent.fit(PillowMatchVectorEnv(4, pool=SUITE.pool[:10], queries=SUITE.train[:8], engine=engine,
-                                   encoder=hash_encoder), Budget(generations=24), progress=False)
+                                   encoder=hash_encoder), Budget(llm_calls=24), progress=False)
     other = PillowMatchEnv(SUITE.pool[10:22], SUITE.test[:4], encoder=hash_encoder)
     assert len(agent.transfer(other).select_many(other, [0, 1, 2, 3])) == 4
