@@ -390,8 +390,8 @@ class ListwiseAgent(Agent):
         shortlist, chosen = self._shortlist(env, query_index).tolist(), []
         for _ in range(env.m):
             rest = [i for i in shortlist if i not in chosen]
-            batch = self._batch(env, {query_index: {}}, keep_flat=True)
-            batch.picks = torch.as_tensor([[chosen + [i] for i in rest]])
+            batch = self._batch(env, {query_index: {}}, keep_flat=True)  # the query's side only
+            batch.picks = torch.as_tensor([[chosen + [i] for i in rest]])  # partial sets, in pick order
             chosen.append(rest[int(self.net.set_scores(batch)[0].argmax())])
         return list(self._prompt_order(env, query_index, chosen))
 
