@@ -163,16 +163,26 @@ class FavouredGenerator(StubGenerator):
         return ["good" if self.best in json.loads(p)["ex"] else "bad" for p in prompts]
 
 
-@pytest.mark.parametrize("algo", ["ppo", "a2c", "maskable_ppo"])
-def test_sb3_actor_critics_learn_a_favoured_exemplar(algo, hash_encoder):
+def favoured_problem(hash_encoder):
+    """Pool, queries and engine where only exemplar ``p6`` helps, a test env on them, and a function
+    giving the share of the 8 queries whose selection (by an agent) includes ``p6``."""
     pool = [Example(f"Example number {k}.", f"p{k}", f"answer {k}") for k in range(10)]
     queries = [Example("Translate the word into French.", w, "x", {"cls": "fr"})
                for w in ["cat", "dog", "house", "tree", "car", "book", "sun", "moon"]]
     engine = RewardEngine(FavouredGenerator("p6"), stub_reward)
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
-    knn_hits = np.mean(["p6" in {pool[a].input for a in sel} for sel in make_agent("knn").select_many(env, range(8))])
+
+    def hits(agent) -> float:
+        return float(np.mean(["p6" in {pool[a].input for a in sel} for sel in agent.select_many(env, range(8))]))
+
+    return pool, queries, engine, env, hits
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "maskable_ppo"])
+def test_sb3_actor_critics_learn_a_favoured_exemplar(algo, hash_encoder):
+    pool, queries, engine, env, hits = favoured_problem(hash_encoder)
     agent = SB3Agent(algo, seed=0, algo_kwargs={"learning_rate": 3e-3})
     agent.fit(PillowMatchVectorEnv(16, pool=pool, queries=queries, engine=engine, encoder=hash_encoder),
               Budget(episodes=640), progress=False)
-    hits = np.mean(["p6" in {pool[a].input for a in sel} for sel in agent.select_many(env, range(8))])
-    assert knn_hits < 0.5 and hits >= 0.875, f"{algo}: kNN {knn_hits:.2f}, learned {hits:.2f}"
+    knn_hits, learned = hits(make_agent("knn")), hits(agent)
+    assert knn_hits < 0.5 and learned >= 0.875, f"{algo}: kNN {knn_hits:.2f}, learned {learned:.2f}"

@@ -16,7 +16,7 @@ from pillow_env.engine import RewardEngine
 from pillow_env.env import PillowMatchEnv
 from pillow_env.rewards import PillowReward
 from pillow_env.rllib import ENV_CONFIG_KEYS, MaskedObservation, make_env
-from tests.test_agents import FavouredGenerator, StubGenerator, stub_reward
+from .test_agents import StubGenerator, favoured_problem, stub_reward
 
 SUITE = builtin_suite(0)
 POOL = [e.to_dict() for e in SUITE.pool[:12]]
@@ -105,12 +105,29 @@ def ray_local():
     ray.shutdown()
 
 
+def assert_masked(module, batch, algorithm):
+    """Every forward pass (APPO's target policy too) puts no probability on masked actions; one value per row."""
+    import torch
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS
+
+    mask = batch[Columns.OBS]["action_mask"]
+    outputs = [module.forward_exploration(batch)[Columns.ACTION_DIST_INPUTS],
+               module.forward_train(batch)[Columns.ACTION_DIST_INPUTS]]
+    if algorithm == "APPO":  # the target policy behind APPO's importance ratios is masked too
+        module.make_target_networks()
+        outputs.append(module.forward_target(batch)[TARGET_NETWORK_ACTION_DIST_INPUTS])
+    for logits in outputs:
+        probs = torch.softmax(logits, -1)
+        assert torch.all(probs[mask == 0] == 0) and torch.allclose(probs.sum(-1), torch.ones(len(mask)))
+    assert module.compute_values(batch).shape == (len(mask),)
+
+
 @pytest.mark.parametrize("algorithm", ["PPO", "APPO"])
 def test_masked_module_puts_no_probability_on_invalid_actions(ray_local, algorithm):
     import torch
     from gymnasium import spaces
     from ray.rllib.core.columns import Columns
-    from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS
 
     from pillow_env.rllib import module_spec
 
@@ -119,15 +136,7 @@ def test_masked_module_puts_no_probability_on_invalid_actions(ray_local, algorit
     module = module_spec((8,), space, spaces.Discrete(5), algorithm=algorithm).build()
     mask = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 1, 1]], dtype=torch.float32)
     batch = {Columns.OBS: {"observations": torch.randn(2, 6), "action_mask": mask}}
-    outputs = [module.forward_exploration(batch)[Columns.ACTION_DIST_INPUTS],
-               module.forward_train(batch)[Columns.ACTION_DIST_INPUTS]]
-    if algorithm == "APPO":  # the target policy behind APPO's importance ratios is masked too
-        module.make_target_networks()
-        outputs.append(module.forward_target(batch)[TARGET_NETWORK_ACTION_DIST_INPUTS])
-    for logits in outputs:
-        probs = torch.softmax(logits, -1)
-        assert torch.all(probs[mask == 0] == 0) and torch.allclose(probs.sum(-1), torch.ones(2))
-    assert module.compute_values(batch).shape == (2,)
+    assert_masked(module, batch, algorithm)
     with pytest.raises(ValueError, match="'observations' and 'action_mask'"):
         module_spec((8,), space["observations"], spaces.Discrete(5), algorithm=algorithm).build()
     with pytest.raises(ValueError, match="algorithm must be one of PPO, IMPALA, APPO, got 'DQN'"):
@@ -139,7 +148,6 @@ def test_matching_module_masks_and_starts_as_knn(ray_local, algorithm, hash_enco
     """The rllib_ppo agent's default module: the kNN-initialised matching network, masked."""
     import torch
     from ray.rllib.core.columns import Columns
-    from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS
 
     from agents.base import check_pool
     from agents.rllib_matching import matching_module_spec
@@ -153,16 +161,7 @@ def test_matching_module_masks_and_starts_as_knn(ray_local, algorithm, hash_enco
                                   algorithm=algorithm).build()
     obs = [MaskedObservation(env).observation(env.reset(options={"query_index": i})[0]) for i in range(3)]
     batch = {Columns.OBS: {k: torch.as_tensor(np.stack([o[k] for o in obs])) for k in obs[0]}}
-    mask = batch[Columns.OBS]["action_mask"]
-    outputs = [module.forward_exploration(batch)[Columns.ACTION_DIST_INPUTS],
-               module.forward_train(batch)[Columns.ACTION_DIST_INPUTS]]
-    if algorithm == "APPO":
-        module.make_target_networks()
-        outputs.append(module.forward_target(batch)[TARGET_NETWORK_ACTION_DIST_INPUTS])
-    for logits in outputs:
-        probs = torch.softmax(logits, -1)
-        assert torch.all(probs[mask == 0] == 0) and torch.allclose(probs.sum(-1), torch.ones(3))
-    assert module.compute_values(batch).shape == (3,)
+    assert_masked(module, batch, algorithm)
 
     agent = make_agent("rllib_ppo")
     assert agent.policy == "matching"
@@ -183,15 +182,9 @@ def test_rllib_ppo_matching_module_learns_a_favoured_exemplar(ray_local, hash_en
     from agents.base import check_pool
     from agents.rllib_matching import matching_module_spec
     from pillow_env import rllib
-    from pillow_env.data import Example
     from pillow_env.resources import embed_examples
 
-    pool = [Example(f"Example number {k}.", f"p{k}", f"answer {k}") for k in range(10)]
-    queries = [Example("Translate the word into French.", w, "x", {"cls": "fr"})
-               for w in ["cat", "dog", "house", "tree", "car", "book", "sun", "moon"]]
-    engine = RewardEngine(FavouredGenerator("p6"), stub_reward)
-    env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
-    knn_hits = np.mean(["p6" in {pool[a].input for a in s} for s in make_agent("knn").select_many(env, range(8))])
+    pool, queries, engine, env, hits = favoured_problem(hash_encoder)
     spec = matching_module_spec(embed_examples(hash_encoder, pool, with_output=False))
     register_env("favoured-stub", lambda _: MaskedObservation(PillowMatchEnv(pool, queries, engine=engine,
                                                                              encoder=hash_encoder)))
@@ -207,8 +200,8 @@ def test_rllib_ppo_matching_module_learns_a_favoured_exemplar(ray_local, hash_en
         algo.stop()
     agent = make_agent("rllib_ppo")
     agent.state, agent.pool_fingerprint = state, check_pool(env, None)
-    hits = np.mean(["p6" in {pool[a].input for a in s} for s in agent.select_many(env, range(8))])
-    assert knn_hits < 0.5 and hits >= 0.875, f"rllib_ppo: kNN {knn_hits:.2f}, learned {hits:.2f}"
+    knn_hits, learned = hits(make_agent("knn")), hits(agent)
+    assert knn_hits < 0.5 and learned >= 0.875, f"rllib_ppo: kNN {knn_hits:.2f}, learned {learned:.2f}"
 
 
 def test_appo_learns_from_runners_that_never_send_an_invalid_action(ray_local, named_env, tmp_path):
