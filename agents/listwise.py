@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import itertools
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +43,19 @@ from tqdm import tqdm
 from pillow_env.backends import LikelihoodUnsupported
 from pillow_env.engine import TRAIN_REWARDS, RewardEngine
 from pillow_env.env import PillowMatchEnv
-from pillow_env.resources import embed_examples, embed_field
+from pillow_env.resources import embed_examples
 from pillow_env.stats import paired_bootstrap
 from pillow_env.trajectories import read_trajectories
 
 from .base import Agent, Budget, check_pool, first_env, summary_writer
-from .matching import MatchingNetwork, load_network, save_network
-from .scored_sets import ScoredSets, SetBatch, SetScorer
-from .set_ranker import SetRanker, example_views, load_ranker, save_ranker
+from .matching import MatchingFamily
+from .scored_sets import ScoredSets, ScorerFamily, SetBatch, SetScorer
+from .set_ranker import RankerFamily, example_views
 
 __all__ = ["ListwiseAgent"]
 
 MAX_ENUMERATED_SETS = 4096
 MODELS = ("matching", "linear")
-DEFAULT_MARGIN = {"linear": 0.0, "matching": 0.5}  # each chosen on held-out training queries
 RETIRED = {"balanced": False, "explore_temperature": None, "refine": 0.0}  # options measured and removed
 
 
@@ -118,7 +116,11 @@ class ListwiseAgent(Agent):
         if train_reward not in TRAIN_REWARDS:
             raise ValueError(f"ListwiseAgent: train_reward must be one of {', '.join(TRAIN_REWARDS)}, "
                              f"got {train_reward!r}")
-        margin = DEFAULT_MARGIN[model] if margin is None else margin
+        if model == "matching":
+            self.family: ScorerFamily = MatchingFamily(hidden, temperature, lr, weight_decay, batch_queries, epochs, seed)
+        else:
+            self.family = RankerFamily([float(p) for p in penalties])
+        margin = self.family.default_margin if margin is None else margin
         if not margin >= 0:
             raise ValueError(f"ListwiseAgent: margin must be >= 0, got {margin}")
         self.candidates, self.model, self.epochs = candidates, model, epochs
@@ -156,23 +158,12 @@ class ListwiseAgent(Agent):
             config["train_reward"] = {"env": "pillow"}.get(signal, signal)
         return config
 
-    # -- the model -------------------------------------------------------------------------------
-
-    def _new_network(self, env: PillowMatchEnv) -> SetScorer:
-        """A fresh model: it selects exactly as kNN does (the ranker's ties go to the kNN set)."""
-        if self.model == "linear":
-            outputs = torch.as_tensor(embed_field(env.encoder, env.pool, "output"))
-            return SetRanker(example_views(env.encoder, env.pool), outputs, env.m)
-        torch.manual_seed(self.seed)
-        keys = torch.as_tensor(embed_examples(env.encoder, env.pool, with_output=False))
-        return MatchingNetwork(keys, env.m, self.hidden, self.temperature, knn_init=True)
-
     def prepare(self, env) -> None:
         if self.net is not None:
             check_pool(env, self.pool_fingerprint)
             return
         self.pool_fingerprint = check_pool(env, None)
-        self.net = self._new_network(first_env(env))
+        self.net = self.family.new(first_env(env))  # selects exactly as kNN does (the ranker's ties go to kNN's set)
 
     # -- training --------------------------------------------------------------------------------
 
@@ -257,10 +248,10 @@ class ListwiseAgent(Agent):
     def _cross_validate(self, single: PillowMatchEnv, data: dict[int, ScoredSets], rng: np.random.Generator,
                         progress: bool) -> tuple[np.ndarray, list]:
         """Out-of-fold paired gain over the kNN set per setting; row 0 is kNN itself (gain 0). Settings:
-        each epoch count 1..``epochs`` (matching network) or each of ``penalties`` (linear ranker)."""
+        the model family's (each epoch count 1..``epochs`` of the network, each of ``penalties``)."""
         knn_sets, usable = self._knn_and_usable(single, data)
         folds = np.array_split(rng.permutation(usable), min(self.folds, max(len(usable), 1)))
-        settings = self.penalties if self.model == "linear" else list(range(1, self.epochs + 1))
+        settings = self.family.settings()
         gains = np.zeros((len(settings) + 1, len(usable)))
         column = {q: i for i, q in enumerate(usable)}
         for held_out in tqdm(folds, desc="listwise: cross-validate", unit="fold", disable=not progress):
@@ -268,12 +259,12 @@ class ListwiseAgent(Agent):
             train = self._batch(single, {q: data[q] for q in usable if q not in held})
             valid = self._batch(single, {q: data[q] for q in held_out.tolist()}, keep_flat=True)
             cols = [column[q] for q in valid.query_indices]
-            for row, net in enumerate(self._trained(single, train, settings), start=1):
+            for row, net in enumerate(self.family.trained(single, train, settings, self._listwise_loss), start=1):
                 gains[row, cols] = self._gain(net, valid, knn_sets)
         mean_gain = gains.mean(axis=1) if usable else np.zeros(len(settings) + 1)
-        name = "penalty" if self.model == "linear" else "epochs"
-        self.history = [{name: value, "validation_gain": paired_bootstrap(gains[row]) if usable else None}
-                        for row, value in enumerate([None if self.model == "linear" else 0, *settings])]
+        self.history = [{self.family.setting: value,
+                         "validation_gain": paired_bootstrap(gains[row]) if usable else None}
+                        for row, value in enumerate([self.family.untrained, *settings])]
         return mean_gain, settings
 
     def _knn_and_usable(self, single: PillowMatchEnv, data: dict[int, ScoredSets]
@@ -281,42 +272,6 @@ class ListwiseAgent(Agent):
         """Each query's kNN set, and the queries with it and at least one other set scored (trainable)."""
         knn_sets = {q: self._prompt_order(single, q, self._shortlist(single, q)[:single.m]) for q in data}
         return knn_sets, [q for q in data if knn_sets[q] in data[q] and len(data[q]) >= 2]
-
-    def _trained(self, single: PillowMatchEnv, batch: SetBatch, settings: list) -> Iterator[SetScorer]:
-        """The model trained on ``batch`` under each setting, in turn: one matching network after each
-        further epoch, or a fresh linear ranker per penalty (a convex problem, solved by L-BFGS)."""
-        if self.model == "linear":
-            for penalty in settings:
-                ranker = self._new_network(single)
-                self._fit_ranker(ranker, batch, penalty)
-                yield ranker
-            return
-        net = self._new_network(single)
-        optimizer = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        for _ in settings:
-            net.train()
-            for idx in torch.randperm(len(batch)).split(self.batch_queries):
-                part = batch.rows(idx)
-                loss = self._listwise_loss(net.set_scores(part), part)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            net.eval()
-            yield net
-
-    def _fit_ranker(self, ranker: SetRanker, batch: SetBatch, penalty: float) -> None:
-        """Minimise the listwise loss over all queries plus ``penalty`` x the ranker's squared norm."""
-        optimizer = torch.optim.LBFGS(ranker.parameters(), max_iter=200, line_search_fn="strong_wolfe")
-
-        def closure() -> torch.Tensor:
-            optimizer.zero_grad()
-            loss = self._listwise_loss(ranker.set_scores(batch), batch) + penalty * ranker.penalty()
-            loss.backward()
-            return loss
-
-        ranker.train()
-        optimizer.step(closure)
-        ranker.eval()
 
     def _listwise_loss(self, scores: torch.Tensor, batch: SetBatch) -> torch.Tensor:
         """Cross-entropy from the target distribution (softmax of the rewards / ``target_temperature``)
@@ -339,15 +294,14 @@ class ListwiseAgent(Agent):
                       settings: list) -> None:
         """``self.net`` trained on all usable queries with the best setting (kNN's fresh model if none wins)."""
         best = int(mean_gain.argmax())
-        linear = self.model == "linear"
-        self.net = self._new_network(single)  # selects as kNN does
+        self.net = self.family.new(single)  # selects as kNN does
         if best:
             _, usable = self._knn_and_usable(single, data)
             everything = self._batch(single, {q: data[q] for q in usable})
-            self.net = list(self._trained(single, everything, settings[best - 1:best] if linear
-                                          else settings[:best]))[-1]
-        self.chosen_penalty = settings[best - 1] if linear and best else None
-        self.chosen_epochs = None if linear else best
+            self.net = list(self.family.trained(single, everything, settings[:best], self._listwise_loss))[-1]
+        chosen = settings[best - 1] if best else self.family.untrained
+        self.chosen_epochs = chosen if self.family.setting == "epochs" else None
+        self.chosen_penalty = chosen if self.family.setting == "penalty" else None
         self.net.eval()
 
     # -- selection -------------------------------------------------------------------------------
@@ -402,17 +356,8 @@ class ListwiseAgent(Agent):
         The linear ranker's per-entry biases belong to its own pool, so it does not transfer."""
         if self.net is None:
             raise ValueError("transfer: fit or load the agent first")
-        if self.model != "matching":
-            raise ValueError(f"transfer: model={self.model!r} learns a bias per pool entry, which does not carry "
-                             "over to another pool; use model='matching'")
         moved = copy.deepcopy(self, {id(self._scorer): None})  # not the engine fit used (LLM, cache)
-        keys = torch.as_tensor(embed_examples(env.encoder, env.pool, with_output=False)).float()
-        if keys.shape[1] != moved.net.prompts.shape[1]:
-            raise ValueError(f"transfer: the env's encoder gives {keys.shape[1]}-dim embeddings, the agent was "
-                             f"trained on {moved.net.prompts.shape[1]}")
-        if env.m != moved.net.m:
-            raise ValueError(f"transfer: the agent picks m={moved.net.m} exemplars, the env m={env.m}")
-        moved.net.prompts = keys
+        moved.net = moved.family.transfer(moved.net, env)
         moved.pool_fingerprint = check_pool(env, None)
         return moved
 
@@ -466,10 +411,7 @@ class ListwiseAgent(Agent):
     # -- persistence -----------------------------------------------------------------------------
 
     def _save_weights(self, path: Path) -> None:
-        (save_ranker if self.model == "linear" else save_network)(self.net, path, self.history)
+        self.family.save(self.net, path, self.history)
 
     def _load_weights(self, path: Path, trusted: bool = False) -> None:
-        if self.model == "linear":
-            self.net, self.history = load_ranker(path)
-        else:
-            self.net, self.history = load_network(path, self.hidden, self.temperature, knn_init=True)
+        self.net, self.history = self.family.load(path)

@@ -9,16 +9,21 @@ RL only has to learn the corrections.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .base import load_history, save_history
-from .scored_sets import SetBatch
+from pillow_env.env import PillowMatchEnv
+from pillow_env.resources import embed_examples
 
-__all__ = ["MatchingNetwork", "save_network", "load_network", "WEIGHTS_NAME"]
+from .base import load_history, save_history
+from .scored_sets import SetBatch, SetLoss
+
+__all__ = ["MatchingNetwork", "MatchingFamily", "save_network", "load_network", "WEIGHTS_NAME"]
 
 WEIGHTS_NAME = "matching_network.safetensors"
 
@@ -75,7 +80,6 @@ class MatchingNetwork(nn.Module):
             logits = logits.masked_fill(~mask, float("-inf"))
         return logits
 
-
     def set_scores(self, batch: SetBatch) -> torch.Tensor:
         """(n, width) log-probabilities of picking each set of ``batch`` member by member, in pick order,
         within each query's shortlist: the listwise learner's set scores."""
@@ -111,3 +115,63 @@ def load_network(folder: Path, hidden: int, temperature: float, knn_init: bool) 
     net = MatchingNetwork(prompts, m, hidden, temperature, knn_init)
     net.load_state_dict(state)
     return net.eval(), load_history(folder)
+
+
+@dataclass
+class MatchingFamily:
+    """The matching network as the listwise learner's set scorer (:class:`~agents.scored_sets.ScorerFamily`):
+    kNN-initialised, trained by AdamW on minibatches of queries; cross-validation chooses the
+    number of epochs (1..``epochs``), 0 meaning the untrained network. Its MLPs take any embedding,
+    so a trained network transfers to another pool."""
+
+    hidden: int = 256
+    temperature: float = 0.1
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    batch_queries: int = 16
+    epochs: int = 40
+    seed: int = 0
+    setting = "epochs"
+    untrained = 0
+    default_margin = 0.5  # chosen on held-out training queries (benchmarks/results/listwise-variants.md)
+
+    def settings(self) -> list[int]:
+        return list(range(1, self.epochs + 1))
+
+    def new(self, env: PillowMatchEnv) -> MatchingNetwork:
+        torch.manual_seed(self.seed)
+        keys = torch.as_tensor(embed_examples(env.encoder, env.pool, with_output=False))
+        return MatchingNetwork(keys, env.m, self.hidden, self.temperature, knn_init=True)
+
+    def trained(self, env: PillowMatchEnv, batch: SetBatch, settings: list[int], loss: SetLoss
+                ) -> Iterator[MatchingNetwork]:
+        """One network, yielded after each further epoch."""
+        net = self.new(env)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        for _ in settings:
+            net.train()
+            for idx in torch.randperm(len(batch)).split(self.batch_queries):
+                part = batch.rows(idx)
+                value = loss(net.set_scores(part), part)
+                optimizer.zero_grad()
+                value.backward()
+                optimizer.step()
+            net.eval()
+            yield net
+
+    def transfer(self, net: MatchingNetwork, env: PillowMatchEnv) -> MatchingNetwork:
+        """``net`` (modified in place) scoring ``env``'s pool with the weights it learned."""
+        keys = torch.as_tensor(embed_examples(env.encoder, env.pool, with_output=False)).float()
+        if keys.shape[1] != net.prompts.shape[1]:
+            raise ValueError(f"transfer: the env's encoder gives {keys.shape[1]}-dim embeddings, the agent was "
+                             f"trained on {net.prompts.shape[1]}")
+        if env.m != net.m:
+            raise ValueError(f"transfer: the agent picks m={net.m} exemplars, the env m={env.m}")
+        net.prompts = keys
+        return net
+
+    def save(self, net: MatchingNetwork | None, folder: Path, history: list) -> None:
+        save_network(net, folder, history)
+
+    def load(self, folder: Path) -> tuple[MatchingNetwork, list]:
+        return load_network(folder, self.hidden, self.temperature, knn_init=True)

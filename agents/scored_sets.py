@@ -3,17 +3,23 @@
 A query's training data is a dict ``{set in prompt order: reward}`` over sets of its shortlist.
 :class:`SetBatch` pads many queries' sets into tensors; a :class:`SetScorer` (the matching network
 of :mod:`agents.matching`, the linear ranker of :mod:`agents.set_ranker`) scores every set of a
-batch, with scores that are logits of a softmax over each query's sets.
+batch, with scores that are logits of a softmax over each query's sets; its :class:`ScorerFamily`
+(next to each model) makes, trains, saves and loads it for the listwise learner.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-__all__ = ["ScoredSets", "SetBatch", "SetScorer"]
+if TYPE_CHECKING:
+    from pillow_env.env import PillowMatchEnv
+
+__all__ = ["ScoredSets", "SetBatch", "SetScorer", "SetLoss", "ScorerFamily"]
 
 ScoredSets = dict[tuple[int, ...], float]  # one query's sets (pool indices, prompt order) -> reward
 
@@ -64,3 +70,33 @@ class SetScorer(Protocol):
     uses_query_views: bool
 
     def set_scores(self, batch: SetBatch) -> torch.Tensor: ...
+
+
+SetLoss = Callable[[torch.Tensor, SetBatch], torch.Tensor]  # (set scores, batch) -> scalar loss
+
+
+class ScorerFamily(Protocol):
+    """One kind of set scorer as the listwise learner makes, trains, saves and loads it, so the
+    learner never asks which kind it holds.
+
+    ``settings`` are what cross-validation chooses among (named ``setting``: epochs, penalties);
+    ``trained`` yields the model under each of them in turn, each depending only on the settings up
+    to it, so the model under ``settings[i]`` is the last of ``trained(..., settings[:i + 1])``.
+    ``untrained`` is the setting's value recorded for the fresh model (which selects as kNN does).
+    """
+
+    setting: str
+    untrained: Any
+    default_margin: float
+
+    def settings(self) -> list: ...
+
+    def new(self, env: PillowMatchEnv) -> SetScorer: ...
+
+    def trained(self, env: PillowMatchEnv, batch: SetBatch, settings: list, loss: SetLoss) -> Iterator[SetScorer]: ...
+
+    def transfer(self, scorer: SetScorer, env: PillowMatchEnv) -> SetScorer: ...
+
+    def save(self, scorer: SetScorer | None, folder: Path, history: list) -> None: ...
+
+    def load(self, folder: Path) -> tuple[SetScorer, list]: ...

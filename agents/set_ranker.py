@@ -24,6 +24,8 @@ Symmetric in the members, so it scores a set, not an order; a partial set is sco
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +34,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pillow_env.encoder import Encoder
+from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples, embed_field
 
 from .base import load_history, save_history
-from .scored_sets import SetBatch
+from .scored_sets import SetBatch, SetLoss
 
-__all__ = ["FEATURES", "RANKER_WEIGHTS", "SetRanker", "example_views", "load_ranker", "save_ranker"]
+__all__ = ["FEATURES", "RANKER_WEIGHTS", "SetRanker", "RankerFamily", "example_views", "load_ranker", "save_ranker"]
 
 FEATURES = ("similarity", "instruction_similarity", "input_similarity", "coherence", "output_coherence")
 RANKER_WEIGHTS = "set_ranker.safetensors"
@@ -109,3 +112,50 @@ def load_ranker(folder: Path) -> tuple[SetRanker, list]:
     ranker = SetRanker(state["pool_views"], state["pool_outputs"], int(state["set_size"]))
     ranker.load_state_dict(state)
     return ranker.eval(), load_history(folder)
+
+
+@dataclass
+class RankerFamily:
+    """The linear ranker as the listwise learner's set scorer (:class:`~agents.scored_sets.ScorerFamily`):
+    for each L2 penalty, a fresh ranker minimising the loss plus the penalty (convex: L-BFGS);
+    cross-validation chooses the penalty. Its per-entry biases belong to its own pool, so it does
+    not transfer to another."""
+
+    penalties: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
+    setting = "penalty"
+    untrained = None
+    default_margin = 0.0  # chosen on held-out training queries (benchmarks/results/listwise-variants.md)
+
+    def settings(self) -> list[float]:
+        return list(self.penalties)
+
+    def new(self, env: PillowMatchEnv) -> SetRanker:
+        outputs = torch.as_tensor(embed_field(env.encoder, env.pool, "output"))
+        return SetRanker(example_views(env.encoder, env.pool), outputs, env.m)
+
+    def trained(self, env: PillowMatchEnv, batch: SetBatch, settings: list[float], loss: SetLoss
+                ) -> Iterator[SetRanker]:
+        """A fresh ranker per penalty, each fitted to convergence."""
+        for penalty in settings:
+            ranker = self.new(env)
+            optimizer = torch.optim.LBFGS(ranker.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+            def closure() -> torch.Tensor:
+                optimizer.zero_grad()
+                value = loss(ranker.set_scores(batch), batch) + penalty * ranker.penalty()
+                value.backward()
+                return value
+
+            ranker.train()
+            optimizer.step(closure)
+            yield ranker.eval()
+
+    def transfer(self, ranker: SetRanker, env: PillowMatchEnv) -> SetRanker:
+        raise ValueError("transfer: model='linear' learns a bias per pool entry, which does not carry over to "
+                         "another pool; use model='matching'")
+
+    def save(self, ranker: SetRanker | None, folder: Path, history: list) -> None:
+        save_ranker(ranker, folder, history)
+
+    def load(self, folder: Path) -> tuple[SetRanker, list]:
+        return load_ranker(folder)
