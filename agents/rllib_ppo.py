@@ -49,7 +49,9 @@ class RLlibPPOAgent(Agent):
             round-robin); ``None`` keeps the training env's own (an in-process model is then loaded
             once per runner).
         train_batch_size, minibatch_size, num_epochs, lr, entropy_coeff: PPO settings
-            (``train_batch_size`` counts env steps; an episode is ``m`` steps).
+            (``train_batch_size`` counts env steps; an episode is ``m`` steps). The batch sizes were
+            chosen on held-out training queries (benchmarks/results/swap-defaults/summary.md): 64 / 32
+            (+0.008 vs kNN there) over 128 / 32 (-0.002) and 256 / 64 (-0.012).
         hiddens: the MLP policy's layers (``policy="mlp"``).
         num_cpus: CPUs for ``ray.init`` when this agent starts Ray (``None``: Ray's default); a running
             Ray (``ray.init`` before ``fit``, or a cluster address) is used as it is.
@@ -64,8 +66,8 @@ class RLlibPPOAgent(Agent):
     learns = True
     rollouts_in_process = False
 
-    def __init__(self, policy: str = "matching", num_env_runners: int = 2, model: str | list[str] | None = None, train_batch_size: int = 256,
-                 minibatch_size: int = 64, num_epochs: int = 4, lr: float = 3e-4, entropy_coeff: float = 0.01,
+    def __init__(self, policy: str = "matching", num_env_runners: int = 2, model: str | list[str] | None = None, train_batch_size: int = 64,
+                 minibatch_size: int = 32, num_epochs: int = 4, lr: float = 3e-4, entropy_coeff: float = 0.01,
                  hiddens: tuple[int, ...] | list[int] = (256,), num_cpus: int | None = None,
                  trajectory_dir: str | None = None, seed: int = 0, pool_fingerprint: str | None = None) -> None:
         if policy not in ("matching", "mlp"):

@@ -200,13 +200,19 @@ class MaskableMatchingPolicy(_MatchingHeadMixin, MaskableMultiInputActorCriticPo
 
 
 def _defaults(algo: str, num_envs: int, m: int) -> dict[str, Any]:
-    """Settings sized for expensive steps: short rollouts of whole episodes, small batches."""
+    """Settings sized for expensive steps: short rollouts of whole episodes, small batches.
+
+    A2C updates with Adam at 1e-4, not SB3's RMSprop at 7e-4: RMSprop's first steps (its running
+    square starts at zero) are about ten times the learning rate in every weight, which threw the
+    kNN start away (0% of kNN's sets kept, -0.083 vs kNN on held-out training queries; Adam 1e-4:
+    -0.008; benchmarks/results/swap-defaults/summary.md).
+    """
     if algo in ("ppo", "maskable_ppo"):
         n_steps = 4 * m
         return {"n_steps": n_steps, "batch_size": min(64, n_steps * num_envs), "n_epochs": 4, "learning_rate": 3e-4,
                 "ent_coef": 0.01, "gamma": 1.0, "gae_lambda": 1.0}
     if algo == "a2c":
-        return {"n_steps": m, "learning_rate": 7e-4, "ent_coef": 0.01, "gamma": 1.0}
+        return {"n_steps": m, "learning_rate": 1e-4, "use_rms_prop": False, "ent_coef": 0.01, "gamma": 1.0}
     return {"learning_starts": 4 * num_envs * m, "buffer_size": 20_000, "batch_size": 32, "train_freq": 1,
             "gradient_steps": 1, "learning_rate": 1e-3, "target_update_interval": num_envs,
             "exploration_fraction": 0.3, "exploration_final_eps": 0.02, "gamma": 1.0}

@@ -21,9 +21,11 @@ from pillow_env.bench import BenchConfig, run_bench
 
 
 def main(episodes: int = 1000, runners: int = 2, out: str = "runs/rllib_ppo", server: str | None = None,
-         test_limit: int | None = None, train_batch_size: int = 256, candidates: int = 8, seed: int = 0) -> dict:
-    kwargs = {"num_env_runners": runners, "train_batch_size": train_batch_size,
-              "minibatch_size": min(64, train_batch_size), "seed": seed}
+         test_limit: int | None = None, train_batch_size: int | None = None, candidates: int = 8, seed: int = 0
+         ) -> dict:
+    kwargs = {"num_env_runners": runners, "seed": seed}
+    if train_batch_size is not None:  # else the agent's defaults (chosen on training queries)
+        kwargs |= {"train_batch_size": train_batch_size, "minibatch_size": min(32, train_batch_size)}
     local = None
     if server is None:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -49,7 +51,8 @@ if __name__ == "__main__":
     parser.add_argument("--out", default="runs/rllib_ppo")
     parser.add_argument("--server", default=None, help="an existing server: URL#MODEL[#TOKENIZER] (default: start one)")
     parser.add_argument("--test-limit", type=int, default=None, help="first N test queries (default: all)")
-    parser.add_argument("--train-batch-size", type=int, default=256, help="env steps per PPO iteration")
+    parser.add_argument("--train-batch-size", type=int, default=None,
+                        help="env steps per PPO iteration (default: the rllib_ppo agent's)")
     parser.add_argument("--candidates", type=int, default=8, help="shortlist: the C nearest pool entries")
     args = parser.parse_args()
     main(args.episodes, args.runners, args.out, args.server, args.test_limit, args.train_batch_size, args.candidates)
