@@ -13,6 +13,9 @@ on the same test queries and compared with *LoRA zero-shot* (paired, 95% bootstr
 - SFT: every weight fine-tuned on the same training data with the same objective, zero-shot (the
   paper's reference).
 
+Below the table, the paper's other claims as paired differences on the same queries: PILLOW minus
+SFT, and learned minus kNN prompts (on the LoRA and on the base model).
+
 Cost columns: trainable parameters, training wall time and peak resident memory (each training runs
 as ``pillow-env train-backbone`` in its own process), and LLM calls spent on selection. The SFT
 learning rate is a tenth of LoRA's (``--lr``), the usual ratio for full fine-tuning. A file (Dolly's ``databricks-dolly-15k.jsonl``, or any JSON/JSONL
@@ -46,6 +49,9 @@ ROWS = [("base", "zero_shot", "base zero-shot"), ("base", "knn", "base + kNN pro
         ("lora", "knn", "LoRA + kNN prompts"), ("lora", "listwise", "LoRA + learned prompts (PILLOW)"),
         ("sft", "zero_shot", "SFT zero-shot")]
 REFERENCE = ("lora", "zero_shot")
+# The paper's claims beyond "better than LoRA": PILLOW close to SFT, and learned prompts better than kNN's.
+COMPARISONS = [(("lora", "listwise"), ("sft", "zero_shot")), (("lora", "listwise"), ("lora", "knn")),
+               (("base", "listwise"), ("base", "knn"))]
 
 
 def split_data(args: argparse.Namespace) -> tuple[list[Example], list[Example], list[Example]]:
@@ -117,7 +123,16 @@ def train_backbone(kind: str, args: argparse.Namespace, plw: float, steps: int, 
     return folder
 
 
-def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+def compare(results: dict[str, Any], a: tuple[str, str], b: tuple[str, str]) -> dict[str, float]:
+    """Row ``a`` minus row ``b`` on the same test queries: mean and 95% paired bootstrap interval."""
+    def per_query(kind: str, agent: str) -> dict[int, float]:
+        return {q["query_index"]: q["reward"] for q in results[kind]["agents"][agent]["per_query"]}
+
+    first, second = per_query(*a), per_query(*b)
+    return paired_bootstrap([first[q] - second[q] for q in first])
+
+
+def table(rows: list[dict[str, Any]], settings: dict[str, Any], comparisons: list[dict[str, Any]]) -> str:
     lines = [f"Model `{settings['model']}`, {settings['shots']} shots, {settings['test']} test queries, "
              f"max_new_tokens {settings['max_new_tokens']}, PLW {settings['plw']:g} (chosen on training data), "
              f"seed {settings['seed']}.", "",
@@ -133,6 +148,10 @@ def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         memory = f"{cost['peak_rss_mb']:.0f}" if cost else "-"
         lines.append(f"| {r['setting']} | {r['reward']:.3f} | {paired} | {r['rouge_l']:.3f} | {r['semantic']:.3f} | "
                      f"{r['exact_match']:.3f} | {params} | {seconds} | {memory} | {r['selection_calls']} |")
+    lines += ["", "| comparison | difference [95% paired CI] |", "|---|---|"]
+    for c in comparisons:
+        d = c["paired"]
+        lines.append(f"| {c['a']} - {c['b']} | {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |")
     return "\n".join(lines) + "\n"
 
 
@@ -196,24 +215,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                               agents=agents, model=model, adapter=adapter, episodes=args.episodes,
                                               seed=args.seed, out=str(out / f"bench-{kind}"),
                                               cache=str(out / "cache.sqlite"), max_new_tokens=args.max_new_tokens))
-    reference = {q["query_index"]: q["reward"] for q in results[REFERENCE[0]]["agents"][REFERENCE[1]]["per_query"]}
     rows = []
     for kind, agent, setting in ROWS:
         record = results[kind]["agents"][agent]
-        diffs = [q["reward"] - reference[q["query_index"]] for q in record["per_query"]]
         rows.append({"setting": setting, "model": kind, "agent": agent,
                      **{k: record[k] for k in ("reward", "rouge_l", "semantic", "exact_match")},
-                     "paired": None if (kind, agent) == REFERENCE else paired_bootstrap(diffs),
+                     "paired": None if (kind, agent) == REFERENCE else compare(results, (kind, agent), REFERENCE),
                      "cost": costs[kind], "selection_calls": record["train_generations"]})
     settings = {"data": args.data, "model": args.model, "shots": 2, "test": len(test), "pool": len(pool),
                 "train": len(train_set), "max_new_tokens": args.max_new_tokens, "plw": plw,
                 "plw_scores": plw_scores, "seed": args.seed, "lora_steps": args.lora_steps,
                 "sft_steps": args.sft_steps, "episodes": args.episodes}
-    summary = {"settings": settings, "rows": rows}
+    names = {(kind, agent): setting for kind, agent, setting in ROWS}
+    comparisons = [{"a": names[a], "b": names[b], "paired": compare(results, a, b)} for a, b in COMPARISONS]
+    summary = {"settings": settings, "rows": rows, "comparisons": comparisons}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    (out / "results.md").write_text(table(rows, settings))
+    (out / "results.md").write_text(table(rows, settings, comparisons))
     plot(rows, out / "pillow.png")
-    print(table(rows, settings))
+    print(table(rows, settings, comparisons))
     return summary
 
 

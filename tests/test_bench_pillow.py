@@ -47,6 +47,9 @@ def test_bench_pillow_builds_every_row(tiny_model_dir, tmp_path):
     assert rows[("lora", "listwise")]["selection_calls"] > 0 and rows[("base", "knn")]["selection_calls"] == 0
     assert summary["settings"]["plw"] in (0.0, 0.1) and set(summary["settings"]["plw_scores"]) == {"0", "0.1"}
     assert summary["settings"]["test"] == 6
+    pillow_vs_sft = summary["comparisons"][0]
+    assert pillow_vs_sft["a"].endswith("(PILLOW)") and pillow_vs_sft["b"] == "SFT zero-shot"
+    assert pillow_vs_sft["paired"]["n"] == 6 and len(summary["comparisons"]) == 3
     assert "(PILLOW)" in (out / "results.md").read_text() and (out / "pillow.png").read_bytes()[:4] == b"\x89PNG"
     settings = json.loads((out / "bench-lora" / "results.json").read_text())["settings"]
     assert settings["adapter"] == str(out / "lora")  # learned prompts trained against the LoRA model
