@@ -117,7 +117,8 @@ class ListwiseAgent(Agent):
             raise ValueError(f"ListwiseAgent: train_reward must be one of {', '.join(TRAIN_REWARDS)}, "
                              f"got {train_reward!r}")
         if model == "matching":
-            self.family: ScorerFamily = MatchingFamily(hidden, temperature, lr, weight_decay, batch_queries, epochs, seed)
+            self.family: ScorerFamily = MatchingFamily(hidden, temperature, lr, weight_decay, batch_queries,
+                                                       epochs, seed)
         else:
             self.family = RankerFamily([float(p) for p in penalties])
         margin = self.family.default_margin if margin is None else margin
