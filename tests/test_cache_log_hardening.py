@@ -66,10 +66,45 @@ VISIT_THEN_OWN = textwrap.dedent("""
 """)
 
 
+def _run_as_nobody(code: str, argv: list[str]) -> tuple[int, str, str]:
+    """Run ``code`` (with ``sys.argv[1:] = argv``) in a forked child that has dropped to user and group
+    65534: exit status, stdout, and the traceback if it raised."""
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 1
+        try:
+            os.close(out_read)
+            os.close(err_read)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.chdir("/tmp")
+            sys.stdout = os.fdopen(out_write, "w")
+            sys.argv = ["-c", *argv]
+            exec(compile(code, "<visitor>", "exec"), {"__name__": "__main__"})
+            sys.stdout.flush()
+            status = 0
+        except BaseException:
+            import traceback
+
+            os.write(err_write, traceback.format_exc().encode())
+        finally:
+            os._exit(status)
+    os.close(out_write)
+    os.close(err_write)
+    with os.fdopen(out_read) as out, os.fdopen(err_read) as err:
+        stdout, stderr = out.read(), err.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), stdout, stderr
+
+
 @pytest.mark.parametrize("case", ["clean", "leftovers"])
 def test_read_only_visitor_leaves_nothing_that_breaks_the_owner(case):
-    """Real permissions: as user 65534 when run as root (root ignores file modes), with the system
-    python3 and the cache module copied where that user can read it. A run on the cache while it is
+    """Real permissions: as user 65534 when run as root (root ignores file modes: a forked child drops
+    to that user, so no second interpreter is needed), with the cache module copied where that user
+    can read it. A run on the cache while it is
     mode 444 must leave no -wal/-shm; and where an older version left such files (mode 444), the
     owner's next run serves the hits read-only instead of moving the healthy cache aside."""
     top = Path(tempfile.mkdtemp(prefix="pillow-env-visit-", dir="/tmp"))  # pytest's tmp is private to root
@@ -80,20 +115,18 @@ def test_read_only_visitor_leaves_nothing_that_breaks_the_owner(case):
         module.write_bytes((ROOT / "pillow_env" / "cache.py").read_bytes())
         module.chmod(0o644)
         top.chmod(0o755)
+        argv = [str(module), str(folder), case]
         if os.geteuid() == 0:
-            python, user = shutil.which("python3", path="/usr/bin:/usr/local/bin:/bin"), 65534
-            if python is None:
-                pytest.skip("root runs this case as user 65534 with a system python3, and there is none")
-            os.chown(folder, user, -1)
+            os.chown(folder, 65534, -1)
+            returncode, stdout, stderr = _run_as_nobody(VISIT_THEN_OWN, argv)
         else:
-            python, user = sys.executable, None
-        run = subprocess.run([python, "-c", VISIT_THEN_OWN, str(module), str(folder), case], capture_output=True,
-                             text=True, user=user, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"}, cwd="/tmp",
-                             timeout=60)
+            run = subprocess.run([sys.executable, "-c", VISIT_THEN_OWN, *argv], capture_output=True, text=True,
+                                 env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"}, cwd="/tmp", timeout=60)
+            returncode, stdout, stderr = run.returncode, run.stdout, run.stderr
     finally:
         shutil.rmtree(top, ignore_errors=True)
-    assert run.returncode == 0, run.stderr
-    out = json.loads(run.stdout)
+    assert returncode == 0, stderr
+    out = json.loads(stdout)
     assert out["visitor"] == [True, 2] and out["after_visit"] == ["cache.sqlite"]
     assert out["owner"] == [case == "leftovers", 2]
     assert not [f for f in out["files"] if ".bad-" in f]
