@@ -32,6 +32,12 @@ from pillow_env.env import PillowMatchEnv
 from pillow_env.stats import paired_bootstrap
 
 
+def training_halves(n: int, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of half A and half B of ``n`` training queries, seeded (shared with bench_swap_defaults.py)."""
+    order = np.random.default_rng(split_seed).permutation(n)
+    return order[:n // 2], order[n // 2:]
+
+
 def _agent_class(spec: str | None):
     """``ListwiseAgent``, or ``"path/to/file.py:Class"`` (a subclass under trial) from the variant's ``cls``."""
     if spec is None:
@@ -79,9 +85,7 @@ def main() -> None:
     margins = [None] if args.margins is None else [float(m) for m in args.margins.split(",")]
 
     suite = load_suite(args.suite, 0)
-    order = np.random.default_rng(args.split_seed).permutation(len(suite.train))
-    half = len(order) // 2
-    halves = (order[:half], order[half:])[::-1 if args.swap else 1]  # (train, judge)
+    halves = training_halves(len(suite.train), args.split_seed)[::-1 if args.swap else 1]  # (train, judge)
     env_a = PillowMatchEnv(suite.pool, [suite.train[i] for i in halves[0]], cache_path=args.cache)
     env_b = PillowMatchEnv(suite.pool, [suite.train[i] for i in halves[1][:args.judge_queries]], cache_path=args.cache)
 

@@ -1,8 +1,8 @@
 """Choose the SB3 / RLlib learners' defaults without touching the test split.
 
-The built-in suite's training queries (its seed-0 split) are split in half, seeded exactly as
-``bench_listwise_validation.py`` splits them: each variant (an agent name and constructor
-arguments) trains on half A with a proportional budget (default 1,000 episodes for 119 queries:
+The built-in suite's training queries (its seed-0 split) are split in half by
+``bench_listwise_validation.training_halves`` (the same halves): each variant (an agent name and
+constructor arguments) trains on half A with a proportional budget (default 1,000 episodes for 119 queries:
 the same per-query budget as 2,000 for all 238) and is judged on half B by the generation reward
 the test split measures, paired with kNN's picks on the same queries (95% bootstrap interval).
 Each variant is one ``pillow-env bench`` run (``OUT/<label>/``: results, curves, saved agent);
@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from bench_listwise_validation import training_halves
 
 from pillow_env.bench import BenchConfig, run_bench
 from pillow_env.suite import load_suite
@@ -42,10 +43,8 @@ def _label(variant: dict) -> str:
 def _write_halves(out: Path, split_seed: int) -> tuple[Path, Path]:
     """Half A and half B of the built-in suite's training queries, as JSONL files under ``out``."""
     suite = load_suite("builtin", 0)
-    order = np.random.default_rng(split_seed).permutation(len(suite.train))
-    half = len(order) // 2
     paths = out / "half-a.jsonl", out / "half-b.jsonl"
-    for path, part in zip(paths, (order[:half], order[half:])):
+    for path, part in zip(paths, training_halves(len(suite.train), split_seed)):
         path.write_text("".join(json.dumps(suite.train[i].to_dict()) + "\n" for i in part), encoding="utf-8")
     return paths
 
