@@ -49,17 +49,24 @@ class MatchingNetwork(nn.Module):
         hidden: width of both MLPs.
         temperature: softmax temperature on the dot products (cosines at init).
         knn_init: start as a kNN ranker (see module docstring).
+        answers: optional (K, d) embeddings of the prompts' answers, fed to the prompt MLP beside the
+            prompt embeddings (the residual stays on the prompt embedding, so the kNN start holds): an
+            exemplar's answer then shapes its score, as retrievers that see the candidate's answer do.
     """
 
     uses_query_views = False
 
     def __init__(self, prompts: torch.Tensor, m: int, hidden: int = 256, temperature: float = 0.1,
-                 knn_init: bool = True) -> None:
+                 knn_init: bool = True, answers: torch.Tensor | None = None) -> None:
         super().__init__()
         k, d = prompts.shape
+        if answers is not None and answers.shape != prompts.shape:
+            raise ValueError(f"MatchingNetwork: answers must be shaped like prompts {tuple(prompts.shape)}, "
+                             f"got {tuple(answers.shape)}")
         self.m, self.temperature = m, temperature
         self.register_buffer("prompts", prompts.detach().float().clone())
-        self.prompt_mlp = _Residual(d, d, hidden, knn_init)
+        self.register_buffer("answers", None if answers is None else answers.detach().float().clone())
+        self.prompt_mlp = _Residual(d if answers is None else 2 * d, d, hidden, knn_init)
         self.state_mlp = _Residual(2 * d + m + 1, d, hidden, knn_init)
 
     def forward(self, query: torch.Tensor, chosen: torch.Tensor, step: torch.Tensor,
@@ -74,11 +81,15 @@ class MatchingNetwork(nn.Module):
         the form SB3's feature extractor gives (:mod:`agents.sb3`)."""
         d = self.prompts.shape[1]
         state = states[:, :d] + self.state_mlp(states)
-        keys = self.prompts + self.prompt_mlp(self.prompts)
-        logits = state @ keys.T / self.temperature
+        logits = state @ self.keys().T / self.temperature
         if mask is not None:
             logits = logits.masked_fill(~mask, float("-inf"))
         return logits
+
+    def keys(self) -> torch.Tensor:
+        """(K, d) the pool side: each prompt embedding plus its learned correction."""
+        features = self.prompts if self.answers is None else torch.cat([self.prompts, self.answers], -1)
+        return self.prompts + self.prompt_mlp(features)
 
     def set_scores(self, batch: SetBatch) -> torch.Tensor:
         """(n, width) log-probabilities of picking each set of ``batch`` member by member, in pick order,
@@ -112,7 +123,7 @@ def load_network(folder: Path, hidden: int, temperature: float, knn_init: bool) 
     state = load_file(str(folder / WEIGHTS_NAME))
     prompts = state["prompts"]
     m = state["state_mlp.net.0.weight"].shape[1] - 2 * prompts.shape[1] - 1
-    net = MatchingNetwork(prompts, m, hidden, temperature, knn_init)
+    net = MatchingNetwork(prompts, m, hidden, temperature, knn_init, answers=state.get("answers"))
     net.load_state_dict(state)
     return net.eval(), load_history(folder)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import Agent, check_arguments, read_saved
+from .distill import DistillAgent
 from .baselines import BM25Agent, DPPAgent, KNNAgent, MMRAgent, RandomAgent, ZeroShotAgent
 from .listwise import ListwiseAgent
 from .reinforce import ReinforceAgent
@@ -26,6 +27,7 @@ AGENTS: dict[str, Callable[..., Agent]] = {
     "dpp": DPPAgent,
     "reinforce": ReinforceAgent,
     "listwise": ListwiseAgent,
+    "distill": DistillAgent,
     "rllib_ppo": RLlibPPOAgent,
     **{algo: partial(SB3Agent, algo=algo) for algo in ALGORITHMS},
 }
