@@ -76,7 +76,9 @@ def copied(record: dict, pool: Sequence[Any]) -> str:
     carry the same answer), or neither."""
     first, *_, last = answers(record["selection"], pool)
     gen = norm(record["generation"])
-    return "both" if gen == first == last else "last" if gen == last else "first" if gen == first else "neither"
+    if gen == first == last:
+        return "both"
+    return "last" if gen == last else "first" if gen == first else "neither"
 
 
 def shares(labels: Sequence[str]) -> dict[str, float]:
@@ -100,7 +102,8 @@ def near_same_answer(queries: Sequence[Any], pool: Sequence[Any], encoder) -> li
     """Is a pool entry with the query's answer among its ``NEAREST`` nearest (query-side cosine, as kNN)?"""
     from pillow_env.resources import embed_examples
 
-    sim = embed_examples(encoder, queries, with_output=False) @ embed_examples(encoder, pool, with_output=False).T
+    keys = embed_examples(encoder, pool, with_output=False)
+    sim = embed_examples(encoder, queries, with_output=False) @ keys.T
     nearest = np.argsort(-sim, axis=1, kind="stable")[:, :NEAREST]
     return [norm(q.output) in answers(row, pool) for q, row in zip(queries, nearest)]
 
@@ -111,12 +114,15 @@ def aligned(run: dict, path: Path, queries: Sequence[Any], pool: Sequence[Any]) 
     for name, agent in run["agents"].items():
         records = sorted(agent["per_query"], key=lambda r: r["query_index"])
         if [r["query_index"] for r in records] != list(range(len(queries))):
-            raise ValueError(f"{path}: agents.{name}.per_query does not cover the {len(queries)} test queries once each")
+            raise ValueError(f"{path}: agents.{name}.per_query does not cover the {len(queries)} test "
+                             "queries once each")
         for r in records:
             q = queries[r["query_index"]]
-            if (r["query"], r["input"], r["reference"]) != (q.instruction, q.input, q.output) or r["exemplars"] != [
-                    f"{pool[i].instruction} | {pool[i].input}" for i in r["selection"]]:
-                raise ValueError(f"{path}: agents.{name}.per_query query_index {r['query_index']} does not match the suite")
+            shown = [f"{pool[i].instruction} | {pool[i].input}" for i in r["selection"]]
+            expected = (q.instruction, q.input, q.output, shown)
+            if (r["query"], r["input"], r["reference"], r["exemplars"]) != expected:
+                raise ValueError(f"{path}: agents.{name}.per_query query_index {r['query_index']} "
+                                 "does not match the suite")
         out[name] = records
     return out
 
@@ -131,6 +137,7 @@ def analyse_run(path: Path, suite: str, encoder) -> dict[str, Any]:
     knn, listwise = runs["knn"], runs["listwise"]
     distinct, kind = kinds_of(pool)
     near = near_same_answer(queries, pool, encoder)
+    diff = [o["reward"] - b["reward"] for b, o in zip(knn, listwise)]
     chosen = {n: r for n, r in runs.items() if r[0]["selection"]}  # agents that show exemplars
     templates = {}
     for t in sorted(distinct):
@@ -139,7 +146,7 @@ def analyse_run(path: Path, suite: str, encoder) -> dict[str, Any]:
                         "same_answer_near": float(np.mean([near[i] for i in idx])),
                         "knn_holds": float(np.mean([holds(knn[i], pool) for i in idx])),
                         "listwise_holds": float(np.mean([holds(listwise[i], pool) for i in idx])),
-                        "listwise_minus_knn": float(np.mean([listwise[i]["reward"] - knn[i]["reward"] for i in idx]))}
+                        "listwise_minus_knn": float(np.mean([diff[i] for i in idx]))}
     by_kind = {k: [i for i, q in enumerate(queries) if kind[q.task] == k] for k in ("few", "open")}
     paws = [i for i, q in enumerate(queries) if q.task.startswith(PAWS)]
     groups = {**by_kind, **({"paws": paws} if paws else {})}
@@ -152,14 +159,15 @@ def analyse_run(path: Path, suite: str, encoder) -> dict[str, Any]:
         "agreement": {n: agreement(r, pool) for n, r in runs.items()},
         "cells_vs_knn": {n: gain_cells(knn, r, pool) for n, r in runs.items() if n != "knn"},
         "kinds": {k: {"templates": len({queries[i].task for i in ix}), "queries": len(ix),
-                      "listwise_minus_knn_sum": float(sum(listwise[i]["reward"] - knn[i]["reward"] for i in ix)),
+                      "listwise_minus_knn_sum": float(sum(diff[i] for i in ix)),
                       "cells": gain_cells([knn[i] for i in ix], [listwise[i] for i in ix], pool)}
                   for k, ix in groups.items()},
         "templates": templates,
         "copies": {n: {k: shares([copied(r[i], pool) for i in ix]) for k, ix in groups.items()}
                    for n, r in chosen.items()},
         "knn_pairs": pairs,
-        **({"paws_sets": {n: paws_sets(runs[n], queries, pool) for n in ("knn", "listwise")}} if paws else {}),
+        **({"paws_sets": {n: paws_sets(runs[n], queries, pool) for n in ("knn", "listwise")}}
+           if paws else {}),
     }
 
 

@@ -15,7 +15,8 @@ aa = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(aa)
 
 POOL = [Example("Same?", "a", "Yes", {"task": "paws"}), Example("Same?", "b", "no", {"task": "paws"}),
-        Example("Name it.", "c", "Paris", {"task": "open"}), Example("Same?", "d", "  YES ", {"task": "paws"})]
+        Example("Name it.", "c", "Paris", {"task": "open"}),
+        Example("Same?", "d", "  YES ", {"task": "paws"})]
 
 
 def record(selection, reference, reward, generation=""):
@@ -23,8 +24,10 @@ def record(selection, reference, reward, generation=""):
 
 
 # Four queries, one per cell: kNN (base) and a learner (other), references all "yes".
-BASE = [record([2, 1], "yes", 0.2), record([1, 0], "Yes", 0.9), record([3, 0], "yes", 0.8), record([2, 1], "yes", 0.1)]
-OTHER = [record([1, 3], "yes", 0.7), record([2, 1], "Yes", 0.4), record([0, 3], "yes", 1.0), record([1, 2], "yes", 0.3)]
+BASE = [record([2, 1], "yes", 0.2), record([1, 0], "Yes", 0.9), record([3, 0], "yes", 0.8),
+        record([2, 1], "yes", 0.1)]
+OTHER = [record([1, 3], "yes", 0.7), record([2, 1], "Yes", 0.4), record([0, 3], "yes", 1.0),
+         record([1, 2], "yes", 0.3)]
 
 
 def test_gain_cells_split_each_query_into_its_cell():
