@@ -250,18 +250,20 @@ class DistillAgent(Agent):
         shortlist, plus the in-batch term."""
         n, c = short.shape
         d = query.shape[1]
+        keys = net.keys()  # the pool side once per step: it is most of the work
         chosen = torch.zeros((n, net.m, d))
-        first = net(query, chosen, torch.zeros(n, dtype=torch.long)).gather(1, short)    # (n, C)
+        logits = net(query, chosen, torch.zeros(n, dtype=torch.long), keys=keys)           # (n, K)
+        first = logits.gather(1, short)                                                    # (n, C)
         loss = _kl(target, first)
         if net.m > 1:
             chosen = chosen.clone()
             chosen[:, 0] = table[best]
-            second = net(query, chosen, torch.ones(n, dtype=torch.long)).gather(1, short)
+            second = net(query, chosen, torch.ones(n, dtype=torch.long), keys=keys).gather(1, short)
             rest = short != best[:, None]
             loss = loss + _kl(target * rest, second.masked_fill(~rest, float("-inf")))
         if self.contrastive > 0 and n > 1:
             pooled = torch.unique(short.reshape(-1))
-            logits = net(query, torch.zeros((n, net.m, d)), torch.zeros(n, dtype=torch.long))[:, pooled]
+            logits = logits[:, pooled]
             positive = (pooled[None, :] == best[:, None]).float().argmax(1)
             loss = loss + self.contrastive * nn.functional.cross_entropy(logits, positive)
         return loss

@@ -70,18 +70,20 @@ class MatchingNetwork(nn.Module):
         self.state_mlp = _Residual(2 * d + m + 1, d, hidden, knn_init)
 
     def forward(self, query: torch.Tensor, chosen: torch.Tensor, step: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, K); ``mask`` (B, K) True where a prompt may still be chosen."""
+                mask: torch.Tensor | None = None, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, K); ``mask`` (B, K) True where a prompt may still be chosen; ``keys``: :meth:`keys`,
+        when the caller scores several batches of states against the same pool side."""
         n_chosen = step.clamp(min=1).unsqueeze(-1).float()
         step_onehot = nn.functional.one_hot(step.long(), self.m + 1).float()
-        return self.score_states(torch.cat([query, chosen.sum(1) / n_chosen, step_onehot], dim=-1), mask)
+        return self.score_states(torch.cat([query, chosen.sum(1) / n_chosen, step_onehot], dim=-1), mask, keys)
 
-    def score_states(self, states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def score_states(self, states: torch.Tensor, mask: torch.Tensor | None = None,
+                     keys: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, K) of states already laid out as ``[query, mean chosen, one-hot step]`` (B, 2d + m + 1),
         the form SB3's feature extractor gives (:mod:`agents.sb3`)."""
         d = self.prompts.shape[1]
         state = states[:, :d] + self.state_mlp(states)
-        logits = state @ self.keys().T / self.temperature
+        logits = state @ (self.keys() if keys is None else keys).T / self.temperature
         if mask is not None:
             logits = logits.masked_fill(~mask, float("-inf"))
         return logits
