@@ -128,3 +128,25 @@ def test_rebuild_script_reproduces_the_bundled_file():
     rebuilt = build.build(MIRROR)
     assert gzip.decompress(rebuilt) == gzip.decompress(BUNDLED.read_bytes())
     assert rebuilt == BUNDLED.read_bytes()
+
+
+def test_demo_uses_the_nearest_exemplars_where_every_query_is_its_own_task(tiny_model_dir, tmp_path):
+    from pillow_env.cli import main
+
+    main(["demo", "--suite", "selfinstruct", "--model", str(tiny_model_dir), "--queries", "2",
+          "--max-new-tokens", "3", "--out", str(tmp_path / "demo.json")])
+    results = json.loads((tmp_path / "demo.json").read_text())["results"]
+    assert list(results) == ["zero-shot", "random 2-shot", "nearest 2-shot"]
+    assert all(np.isfinite(r["reward"]) for r in results.values())
+
+
+@pytest.mark.real
+def test_budget_follows_the_measured_answer_lengths():
+    """The stated budget is the query answers' 90th-percentile SmolLM2 token count, capped: at least their median."""
+    from pillow_env.backends import DEFAULT_MODEL, load_renderer
+
+    tokenizer = load_renderer(DEFAULT_MODEL).tokenizer
+    suite = selfinstruct_suite(0)
+    lengths = [len(tokenizer(e.output, add_special_tokens=False)["input_ids"]) for e in suite.train + suite.test]
+    budget = suite_max_new_tokens("selfinstruct")
+    assert np.median(lengths) < budget <= np.percentile(lengths, 90)
