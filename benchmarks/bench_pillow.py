@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dev-size", type=int, default=48, help="held-out training queries that choose the PLW")
     parser.add_argument("--max-prompt-chars", type=int, default=600, help="file data: instruction + context length")
     parser.add_argument("--max-answer-words", type=int, default=40, help="file data: answer length")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the suite's (selfinstruct: 128), else 24")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="default: the suite's (selfinstruct: 128), else 24")
     parser.add_argument("--plw", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 0.01, 0.1],
                         help="prompt-loss weights to choose from (comma-separated)")
     parser.add_argument("--lora-steps", type=int, default=60)

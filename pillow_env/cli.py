@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--shots", type=_positive, default=2, help="exemplars per query")
     demo.add_argument("--queries", type=_positive, default=None, help="first N test queries (default: all)")
     demo.add_argument("--seed", type=int, default=0, help="built-in suite split and random exemplars")
-    demo.add_argument("--suite", type=_suite, default="builtin", help="built-in suite: 'builtin', 't0' or 'selfinstruct'")
+    demo.add_argument("--suite", type=_suite, default="builtin",
+                      help="built-in suite: 'builtin', 't0' or 'selfinstruct'")
     demo.add_argument("--max-new-tokens", type=_positive, default=None,
                       help="most tokens generated per answer (default: the suite's, 128 for selfinstruct, else 24)")
     demo.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")

@@ -10,10 +10,11 @@ Every task of both files holds exactly one instance (an input, possibly empty, a
 output), so each task gives one record; a task with more instances would fail the build rather than
 silently lose some. A user-oriented task whose instruction an earlier task (seed or user-oriented)
 already has is left out (two of them, both "Answer the following question.", a seed task's too), so
-every instruction of the file is unique and the suite never has one instruction in two parts. Fields are stripped of surrounding whitespace; each record
-keeps its ``task`` (the source id), its ``source`` (``seed`` or ``user_oriented``) and the source's
-metadata: ``name`` and ``is_classification`` for a seed task, ``motivation_app`` for a
-user-oriented one.
+every instruction of the file is unique and the suite never has one instruction in two parts.
+Fields are stripped of surrounding whitespace; each record keeps its ``task`` (the source id), its
+``source`` (``seed`` or ``user_oriented``) and the source's metadata: ``name`` and
+``is_classification`` for a seed task, ``motivation_app`` for a user-oriented one. The records are
+written seed tasks first, each file in its own order.
 """
 
 from __future__ import annotations
