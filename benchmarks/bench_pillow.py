@@ -41,7 +41,7 @@ from pillow_env.bench import BenchConfig, run_bench
 from pillow_env.data import Example, examples_fingerprint, load_examples, split_examples
 from pillow_env.resources import make_engine, shared_backend
 from pillow_env.stats import paired_bootstrap
-from pillow_env.suite import SUITES, load_suite
+from pillow_env.suite import SUITES, load_suite, suite_max_new_tokens
 from pillow_env.training import TRAINING_RECORD
 
 ROWS = [("base", "zero_shot", "base zero-shot"), ("base", "knn", "base + kNN prompts"),
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", required=True, help="a dataset file (e.g. databricks-dolly-15k.jsonl) or a "
-                                                      "built-in suite: builtin, t0")
+                                                      "built-in suite: builtin, t0, selfinstruct")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--pool-size", type=int, default=0, help="0: the suite's own (a file: 64)")
     parser.add_argument("--train-size", type=int, default=0, help="0: the suite's own (a file: 256)")
@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dev-size", type=int, default=48, help="held-out training queries that choose the PLW")
     parser.add_argument("--max-prompt-chars", type=int, default=600, help="file data: instruction + context length")
     parser.add_argument("--max-answer-words", type=int, default=40, help="file data: answer length")
-    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="default: the suite's (selfinstruct: 128), else 24")
     parser.add_argument("--plw", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 0.01, 0.1],
                         help="prompt-loss weights to choose from (comma-separated)")
     parser.add_argument("--lora-steps", type=int, default=60)
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pillow/run"))
     args = parser.parse_args(argv)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = suite_max_new_tokens(args.data) or 24
     out = args.out
     (out / "data").mkdir(parents=True, exist_ok=True)
     pool, train_set, test = split_data(args)

@@ -2,13 +2,13 @@
 
 from .data import DataError, Example, LoadReport, examples_fingerprint, load_examples, resolve_examples, split_examples
 from .prompts import PromptRenderer
-from .suite import Suite, builtin_suite, load_suite, t0_suite
+from .suite import Suite, builtin_suite, load_suite, selfinstruct_suite, t0_suite
 
 __version__ = "0.1.0"
 
 __all__ = ["DataError", "Example", "LoadReport", "PillowMatchEnv", "PillowMatchVectorEnv", "PromptRenderer", "Suite",
            "builtin_suite", "examples_fingerprint", "load_examples", "load_suite", "resolve_examples", "split_examples",
-           "t0_suite", "__version__"]
+           "selfinstruct_suite", "t0_suite", "__version__"]
 
 
 def __getattr__(name: str):

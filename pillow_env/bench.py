@@ -21,6 +21,7 @@ from typing import Any
 
 from .backends import DEFAULT_MODEL
 from .data import Example, examples_fingerprint, require_answers, resolve_examples
+from .suite import suite_max_new_tokens
 
 __all__ = ["BenchConfig", "run_bench", "pool_splits"]
 
@@ -44,7 +45,7 @@ class BenchConfig:
     out: str = "runs/bench"
     cache: str | None = None
     num_envs: int = 16
-    max_new_tokens: int = 24
+    max_new_tokens: int | None = None  # None: the test suite's (suite_max_new_tokens), else 24
     test_limit: int | None = None
     train_limit: int | None = None
     agent_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -80,6 +81,8 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
         raise ValueError(f"unknown agent(s) {', '.join(unknown)}; valid agents: {', '.join(AGENTS)}")
     if config.train_reward not in ("pillow", "loglik"):
         raise ValueError(f"train_reward must be 'pillow' or 'loglik', got {config.train_reward!r}")
+    if config.max_new_tokens is None:
+        config = replace(config, max_new_tokens=suite_max_new_tokens(config.test) or 24)
     if config.splits > 1:
         return _run_splits(config, progress=progress)
     pool = resolve_examples(config.pool, "pool", seed=config.seed, what="--pool")

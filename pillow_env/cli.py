@@ -82,7 +82,7 @@ def _add_training(p: argparse.ArgumentParser) -> None:
 
 def _add_data(p: argparse.ArgumentParser, *, test: bool = True) -> None:
     p.add_argument("--suite", type=_suite, default="builtin",
-                   help="built-in suite for every part not given as a file: 'builtin' or 't0'")
+                   help="built-in suite for every part not given as a file: 'builtin', 't0' or 'selfinstruct'")
     p.add_argument("--pool", type=_source, default=None, help="exemplar pool file, or a built-in suite")
     p.add_argument("--train", type=_source, default=None, help="training queries file, or a built-in suite")
     if test:
@@ -91,7 +91,8 @@ def _add_data(p: argparse.ArgumentParser, *, test: bool = True) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--adapter", default=None, help="peft LoRA adapter folder")
     p.add_argument("--seed", type=int, default=0, help="seeds the agents; also re-splits a built-in suite")
-    p.add_argument("--max-new-tokens", type=_positive, default=24, help="most tokens generated per answer")
+    p.add_argument("--max-new-tokens", type=_positive, default=None,
+                   help="most tokens generated per answer (default: the suite's, 128 for selfinstruct, else 24)")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -119,11 +120,13 @@ def _engine_and_envs(args: argparse.Namespace, queries_source: str, part: str, s
     from .encoder import load_encoder
     from .engine import SIGNAL_OF
     from .resources import make_engine, shared_backend
+    from .suite import suite_max_new_tokens
 
     pool = resolve_examples(args.pool, "pool", seed=args.seed, what="--pool")
     queries = resolve_examples(queries_source, part, seed=args.seed, what=f"--{part}")
     encoder = load_encoder("minilm")
-    engine = make_engine(shared_backend(args.model, args.adapter), encoder, max_new_tokens=args.max_new_tokens,
+    budget = args.max_new_tokens if args.max_new_tokens is not None else suite_max_new_tokens(queries_source) or 24
+    engine = make_engine(shared_backend(args.model, args.adapter), encoder, max_new_tokens=budget,
                          cache_path=args.cache, signal=SIGNAL_OF[signal])
     return pool, queries, encoder, engine
 
@@ -288,8 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--shots", type=_positive, default=2, help="exemplars per query")
     demo.add_argument("--queries", type=_positive, default=None, help="first N test queries (default: all)")
     demo.add_argument("--seed", type=int, default=0, help="built-in suite split and random exemplars")
-    demo.add_argument("--suite", type=_suite, default="builtin", help="built-in suite: 'builtin' or 't0'")
-    demo.add_argument("--max-new-tokens", type=_positive, default=24, help="most tokens generated per answer")
+    demo.add_argument("--suite", type=_suite, default="builtin",
+                      help="built-in suite: 'builtin', 't0' or 'selfinstruct'")
+    demo.add_argument("--max-new-tokens", type=_positive, default=None,
+                      help="most tokens generated per answer (default: the suite's, 128 for selfinstruct, else 24)")
     demo.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     demo.set_defaults(func=_demo)
 

@@ -1,7 +1,8 @@
 """The README's main job (for now): how much do the right exemplars help a small LLM?
 
-Runs a built-in suite's test queries (``builtin`` by default, or ``t0``) through the real defaults (SmolLM2 + MiniLM) three ways:
-no exemplars, ``shots`` random pool exemplars, and ``shots`` pool exemplars of the query's own task.
+Runs a built-in suite's test queries (``builtin`` by default, ``t0`` or ``selfinstruct``) through the real defaults
+(SmolLM2 + MiniLM) three ways: no exemplars, ``shots`` random pool exemplars, and ``shots`` pool exemplars of the
+query's own task (``selfinstruct``, where every query is its own task: the ``shots`` most similar pool exemplars).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from tqdm import tqdm
 from .backends import DEFAULT_MODEL, public_spec
 from .data import Example
 from .engine import RewardEngine
-from .resources import make_engine
-from .suite import load_suite
+from .encoder import load_encoder
+from .resources import embed_examples, make_engine
+from .suite import load_suite, suite_max_new_tokens
 
 Chooser = Callable[[Example], list[Example]]  # query -> its exemplars
 
@@ -35,8 +37,10 @@ def score_selections(engine: RewardEngine, queries: Sequence[Example], selection
 
 
 def run_demo(model: str = DEFAULT_MODEL, *, shots: int = 2, queries: int | None = None,
-             seed: int = 0, max_new_tokens: int = 24, out: Path | None = None,
+             seed: int = 0, max_new_tokens: int | None = None, out: Path | None = None,
              suite: str = "builtin") -> dict[str, dict[str, float]]:
+    if max_new_tokens is None:
+        max_new_tokens = suite_max_new_tokens(suite) or 24
     suite = load_suite(suite, seed)
     test = suite.test if queries is None else suite.test[:queries]
     by_task: dict[str | None, list[Example]] = {}
@@ -46,8 +50,16 @@ def run_demo(model: str = DEFAULT_MODEL, *, shots: int = 2, queries: int | None 
     settings: dict[str, Chooser] = {
         "zero-shot": lambda q: [],
         f"random {shots}-shot": lambda q: rng.sample(suite.pool, shots),
-        f"same-task {shots}-shot": lambda q: rng.sample(by_task[q.task], shots),
     }
+    if all(q.task in by_task for q in test):
+        settings[f"same-task {shots}-shot"] = lambda q: rng.sample(by_task[q.task], shots)
+    else:  # every query is its own task: the most similar pool exemplars (nearest last) stand in
+        encoder = load_encoder("minilm")
+        similarity = (embed_examples(encoder, test, with_output=False)
+                      @ embed_examples(encoder, suite.pool, with_output=False).T)
+        nearest = {q: [suite.pool[j] for j in np.argsort(-row, kind="stable")[:shots][::-1]]
+                   for q, row in zip(test, similarity)}
+        settings[f"nearest {shots}-shot"] = lambda q: nearest[q]
     t0 = time.perf_counter()
     engine = make_engine(model, max_new_tokens=max_new_tokens)
     print(f"loaded {public_spec(model)} and MiniLM in {time.perf_counter() - t0:.1f} s; "

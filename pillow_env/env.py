@@ -17,6 +17,7 @@ from .engine import SIGNAL_OF, TRAIN_REWARDS, RewardEngine, ScoredGeneration
 from .prompts import user_text
 from .resources import (DEFAULT_MODEL, embed_examples, make_engine, resolve_cache_path, set_threads,
                         shared_backend, shared_engine)
+from .suite import suite_max_new_tokens
 
 __all__ = ["PillowMatchEnv", "Request"]
 
@@ -75,7 +76,7 @@ class PillowMatchEnv(gym.Env):
 
     | argument | default | meaning |
     |---|---|---|
-    | ``pool`` | ``"builtin"`` | exemplar pool: a built-in suite (``"builtin"``, ``"t0"``), a dataset file, or a list of ``Example`` or of records (dicts); repeats are dropped |
+    | ``pool`` | ``"builtin"`` | exemplar pool: a built-in suite (``"builtin"``, ``"t0"``, ``"selfinstruct"``), a dataset file, or a list of ``Example`` or of records (dicts); repeats are dropped |
     | ``queries`` | ``"builtin"`` | queries, likewise (a built-in suite's ``split``) |
     | ``split`` | ``"train"`` | built-in split for ``queries``: ``"train"`` or ``"test"`` |
     | ``m`` | 2 | exemplars per episode |
@@ -84,7 +85,7 @@ class PillowMatchEnv(gym.Env):
     | ``reward`` | ``None`` | ``None``/``"pillow"``: ``PillowReward``; ``"loglik"``; any ``fn(predictions, references)`` |
     | ``engine`` | ``None`` | share an existing ``RewardEngine`` (overrides model/adapter/reward) |
     | ``cache_path`` | ``None`` | SQLite file caching generations across runs |
-    | ``max_new_tokens`` | 24 | generation budget per answer |
+    | ``max_new_tokens`` | ``None`` | generation budget per answer (``None``: the ``queries`` suite's, e.g. 128 for ``"selfinstruct"``, else 24) |
     | ``candidates`` | ``None`` | restrict actions to the C pool entries nearest the query (``None``: whole pool) |
     | ``trajectory_log`` | ``None`` | JSONL file; every scored episode is appended (for off-policy learners) |
     | ``threads`` | ``None`` | CPU threads for the in-process LLM (``None``: torch's default, one per core) |
@@ -96,7 +97,7 @@ class PillowMatchEnv(gym.Env):
                  split: str = "train", m: int = 2, model: str = DEFAULT_MODEL, adapter: str | None = None,
                  encoder: str | Encoder = "minilm", reward: Callable[..., Any] | str | None = None,
                  engine: RewardEngine | None = None, cache_path: str | Path | None = None,
-                 max_new_tokens: int = 24, candidates: int | None = None,
+                 max_new_tokens: int | None = None, candidates: int | None = None,
                  trajectory_log: str | Path | None = None, threads: int | None = None,
                  observation: Literal["embedding", "index"] = "embedding",
                  invalid_action: Literal["raise", "penalize"] = "penalize", invalid_penalty: float = -1.0,
@@ -105,6 +106,8 @@ class PillowMatchEnv(gym.Env):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         self.pool = resolve_examples(pool, "pool", seed=suite_seed)
         self.queries = resolve_examples(queries, split, seed=suite_seed, what="queries")
+        if max_new_tokens is None:
+            max_new_tokens = suite_max_new_tokens(queries) or 24
         require_answers(self.pool, "pool")
         if not 1 <= m <= len(self.pool):
             raise ValueError(f"m must be between 1 and the pool size {len(self.pool)}, got {m}")

@@ -1,4 +1,4 @@
-"""The built-in offline suites: ``builtin`` (written for this project) and ``t0`` (third-party tasks).
+"""The built-in offline suites: ``builtin`` (written for this project), ``t0`` and ``selfinstruct`` (third-party tasks).
 
 ``builtin``: seventeen short-completion task families, each with several phrasings of its instruction. One phrasing per family is
 deliberately vague ("Transform the word.", "Rewrite this date.") so that the instruction alone does
@@ -18,7 +18,8 @@ from importlib import resources
 
 from .data import Example
 
-__all__ = ["SUITES", "Suite", "builtin_suite", "load_suite", "t0_suite", "TASKS"]
+__all__ = ["SUITES", "Suite", "builtin_suite", "load_suite", "selfinstruct_suite", "suite_max_new_tokens", "t0_suite",
+           "TASKS"]
 
 _WORDS = ["apple", "river", "candle", "garden", "planet", "silver", "window", "forest", "pencil", "rocket",
           "castle", "butter", "monkey", "orange", "thunder", "mirror", "basket", "dragon", "lemon", "violin",
@@ -303,11 +304,63 @@ def t0_suite(seed: int = 0, *, pool_per_task: int = 12, train_per_task: int = 36
     return Suite(*parts)
 
 
-SUITES: dict[str, Callable[[int], Suite]] = {"builtin": builtin_suite, "t0": t0_suite}
+@functools.lru_cache(maxsize=1)
+def _selfinstruct_records() -> tuple[dict, ...]:
+    with resources.files(__package__).joinpath("suite_data", "selfinstruct.jsonl.gz").open("rb") as raw:
+        return tuple(json.loads(line) for line in gzip.open(raw))
+
+
+def selfinstruct_suite(seed: int = 0) -> Suite:
+    """Human-written open-ended instructions (the Alpaca / Dolly kind), one different task per record.
+
+    From the self-instruct repository (Apache-2.0; ``suite_data/NOTICE``, rebuilt by
+    ``benchmarks/data/build_selfinstruct_suite.py``): the pool is its 175 seed tasks (the ones
+    Alpaca was generated from), in their file order; the queries are 250 of its 252 expert-written
+    user-oriented tasks (two repeat a seed task's instruction and are left out), halved into 125
+    training and 125 test queries by ``seed``, stratified by the app that motivated each task. Every
+    record is its own task (``task`` is its source id), so exemplars can help only with form, tone and
+    length, and no instruction is in two parts. Answers run long: the suite's generation budget is
+    ``suite_max_new_tokens("selfinstruct")``.
+    """
+    records = _selfinstruct_records()
+
+    def example(record: dict) -> Example:
+        metadata = {k: v for k, v in record.items() if k not in ("instruction", "input", "output")}
+        return Example(record["instruction"], record["input"], record["output"], metadata)
+
+    pool = [example(r) for r in records if r["source"] == "seed"]
+    queries = [r for r in records if r["source"] == "user_oriented"]
+    rng = random.Random(seed)
+    rng.shuffle(queries)
+    queries.sort(key=lambda r: r["motivation_app"])  # stable: shuffled within each app
+    first = rng.randrange(2)  # dealt alternately, so each app's tasks go half to each part
+    parts: tuple[list[Example], list[Example]] = ([], [])
+    for i, record in enumerate(queries):
+        parts[(i + first) % 2].append(example(record))
+    for part in parts:
+        rng.shuffle(part)
+    return Suite(pool, *parts)
+
+
+SUITES: dict[str, Callable[[int], Suite]] = {"builtin": builtin_suite, "t0": t0_suite,
+                                             "selfinstruct": selfinstruct_suite}
+
+# The generation budget a suite's answers need, where the package default (24 tokens) is too short:
+# selfinstruct's query answers have a median of 44 SmolLM2 tokens and a 90th percentile of 189; the
+# budget is that percentile capped at 128 (82% of the answers fit whole) to bound generation time.
+_MAX_NEW_TOKENS = {"selfinstruct": 128}
+
+
+def suite_max_new_tokens(source: object) -> int | None:
+    """The default generation budget for queries from ``source``, if it is a built-in suite that states one.
+
+    Callers whose user gave no ``max_new_tokens`` take this, else the package default.
+    """
+    return _MAX_NEW_TOKENS.get(source) if isinstance(source, str) else None
 
 
 def load_suite(name: str, seed: int = 0) -> Suite:
-    """A built-in suite by name (``"builtin"`` or ``"t0"``), split by ``seed``."""
+    """A built-in suite by name (``"builtin"``, ``"t0"`` or ``"selfinstruct"``), split by ``seed``."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; built-in suites: {', '.join(SUITES)}")
     return SUITES[name](seed)
