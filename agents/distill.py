@@ -15,7 +15,8 @@ into a retriever. This agent does that with PILLOW's matching network:
    pick, after the best one, matches the target over the rest; plus ``contrastive`` x an in-batch
    term that ranks the query's best candidate above the other queries' candidates. AdamW's weight
    decay pulls the zero-initialised corrections back toward kNN.
-4. Choose: settings (target temperature x epochs) by cross-validation over training queries, each
+4. Choose: settings (target temperature x epochs) by cross-validation over training queries (folds
+   keep an underlying example's templates together, so no answer leaks across), each
    held-out query judged by the single scores of the m candidates the model ranks first minus those
    of kNN's m; the *smallest* setting within one standard error of the best, and kNN itself unless
    that setting's gain is above zero by more than its standard error: a rule float noise cannot flip.
@@ -194,7 +195,7 @@ class DistillAgent(Agent):
         row_of = {s: i for i, s in enumerate(settings)}
         m = single.m
         knn = scores[:, :m].sum(1)
-        folds = np.array_split(rng.permutation(len(queries)), min(self.folds, len(queries)))
+        folds = _group_folds([single.queries[q] for q in queries], min(self.folds, len(queries)), rng)
         work = tqdm(total=len(folds) * len(self.target_temperatures), desc="distill: cross-validate",
                     unit="fit", disable=not progress)
         for held in folds:
@@ -327,6 +328,18 @@ class DistillAgent(Agent):
 
     def _load_weights(self, path: Path, trusted: bool = False) -> None:
         self.net, self.history = load_network(path, self.hidden, self.temperature, knn_init=True)
+
+
+def _group_folds(queries: list, folds: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Positions of ``queries`` in ``folds`` folds, each underlying example (``metadata["example"]``,
+    as the ``t0`` suite records it; else the query itself) whole in one fold. Templates of one
+    example share its answer: split across folds, a held-out query's answer would be learned from
+    its twin, and validation would promise what a new query cannot give."""
+    keys = [q.metadata.get("example", ("query", i)) if isinstance(q.metadata, dict) else ("query", i)
+            for i, q in enumerate(queries)]
+    groups = list(dict.fromkeys(keys))
+    fold_of = {g: f % folds for f, g in enumerate(groups[i] for i in rng.permutation(len(groups)))}
+    return [np.flatnonzero([fold_of[k] == f for k in keys]) for f in range(folds)]
 
 
 def _kl(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Choose the distilled learner's settings without touching the test split.
 
-A built-in suite's training queries are halved (seeded, the same halves as the listwise
-validation): each variant of :class:`~agents.distill.DistillAgent` trains on half A (single-
+A built-in suite's training queries are halved (seeded; an underlying example's templates kept
+in one half, see :func:`grouped_halves`): each variant of :class:`~agents.distill.DistillAgent` trains on half A (single-
 exemplar likelihood scores, cached by prompt) and is judged on half B by what the test split
 measures: the generation reward of the set it picks, paired with kNN's set on the same query
 (each set generated once, cached). Also printed, free: the *proxy* the learner's own cross-
@@ -20,13 +20,25 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_listwise_validation import training_halves
 
 from agents import Budget, KNNAgent
 from agents.distill import DistillAgent
 from pillow_env.env import PillowMatchEnv
 from pillow_env.stats import paired_bootstrap
 from pillow_env.suite import SUITES, load_suite
+
+
+def grouped_halves(queries: list, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Half A and half B of the training queries, seeded, each underlying example (``t0``'s
+    ``metadata["example"]``: its templates share the answer) whole in one half; queries without one
+    are their own group. (Random halves put an example's templates on both sides: then half B's
+    answers are learned from half A and the validation gain is inflated.)"""
+    keys = [q.metadata.get("example", i) for i, q in enumerate(queries)]
+    groups = list(dict.fromkeys(keys))
+    in_a = {groups[i] for i in np.random.default_rng(split_seed).permutation(len(groups))[:len(groups) // 2]}
+    a = np.array([i for i, k in enumerate(keys) if k in in_a])
+    b = np.array([i for i, k in enumerate(keys) if k not in in_a])
+    return np.random.default_rng(split_seed).permutation(a), np.random.default_rng(split_seed).permutation(b)
 
 
 def main() -> None:
@@ -41,7 +53,7 @@ def main() -> None:
     out = args.out or Path(__file__).parent / "results" / f"distill-validation-{args.suite}.json"
 
     suite = load_suite(args.suite, 0)
-    half_a, half_b = training_halves(len(suite.train), args.split_seed)
+    half_a, half_b = grouped_halves(suite.train, args.split_seed)
     env_a = PillowMatchEnv(suite.pool, [suite.train[i] for i in half_a], cache_path=args.cache)
     env_b = PillowMatchEnv(suite.pool, [suite.train[i] for i in half_b[:args.judge_queries]], cache_path=args.cache)
     queries = list(range(len(env_b.queries)))
