@@ -193,7 +193,7 @@ def _select(args: argparse.Namespace) -> None:
 
     from agents.selector import Selector
 
-    from .data import DataError, load_examples, parse_record
+    from .data import load_examples, parse_json_line, parse_record
 
     out = None if str(args.out) == "-" else Path(args.out)
     if out is not None:
@@ -224,10 +224,7 @@ def _select(args: argparse.Namespace) -> None:
                 if not line.strip():
                     continue
                 where = f"<stdin>:{lineno}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{where}: invalid JSON ({err.msg}, column {err.colno})") from None
+                record = parse_json_line(line, where)  # a byte-order mark dropped, as in files
                 write([parse_record({"instruction": record} if isinstance(record, str) else record, where,
                                     require_output=False)])
                 count += 1
