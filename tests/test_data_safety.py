@@ -5,6 +5,7 @@ import io
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from agents import make_agent
@@ -95,3 +96,64 @@ def test_a_missing_openai_tokenizer_fails_at_once_naming_it(monkeypatch):
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set"):
         load_backend("openai:http://127.0.0.1:9/v1#no-such-tokenizer")
     assert len(asked) == 2  # offline: the hub is not asked at all
+
+
+class CountingEncoder:
+    """A stand-in encoder with a weights fingerprint (so its embeddings may be cached on disk)."""
+
+    name, dim, fingerprint = "counting", 8, "weights-v1"
+
+    def __init__(self):
+        self.calls = 0
+
+    def encode(self, texts):
+        self.calls += 1
+        return np.stack([np.random.default_rng(len(t)).standard_normal(self.dim) for t in texts]).astype(np.float32)
+
+
+def test_pool_embeddings_are_cached_on_disk_and_damage_only_costs_a_recompute(tmp_path, monkeypatch):
+    from pillow_env import resources
+
+    monkeypatch.setenv("PILLOW_ENV_CACHE", str(tmp_path / "cache"))
+    pool = builtin_suite(0).pool[:resources.DISK_MIN_EXAMPLES]
+    encoder = CountingEncoder()
+    first = resources.embed_examples(encoder, pool, with_output=True)
+    (file,) = resources.embedding_cache_dir().glob("*.npy")
+    resources.forget_embeddings()  # as a new process
+    assert np.array_equal(resources.embed_examples(encoder, pool, with_output=True), first) and encoder.calls == 1
+    resources.embed_examples(encoder, pool, with_output=False)  # another text: another entry
+    encoder.fingerprint = "weights-v2"
+    resources.embed_examples(encoder, pool, with_output=True)  # other weights: not reused
+    assert encoder.calls == 3 and len(list(resources.embedding_cache_dir().glob("*.npy"))) == 3
+    np.save(tmp_path / "pickled.npy", np.array([object()], dtype=object), allow_pickle=True)
+    for damage in (b"not a numpy file", (tmp_path / "pickled.npy").read_bytes(), file.read_bytes()[:200]):
+        file.write_bytes(damage)
+        resources.forget_embeddings()
+        encoder.fingerprint = "weights-v1"
+        with pytest.warns(UserWarning, match=f"{file.name}: (unreadable|damaged) embedding cache"):
+            again = resources.embed_examples(encoder, pool, with_output=True)
+        assert np.array_equal(again, first)
+    small = pool[:resources.DISK_MIN_EXAMPLES - 1]
+    resources.embed_examples(encoder, small, with_output=True)  # a few queries: memory only
+    assert len(list(resources.embedding_cache_dir().glob("*.npy"))) == 3
+
+
+def test_an_unwritable_embedding_cache_warns_and_computes(tmp_path, monkeypatch):
+    from pillow_env import resources
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("PILLOW_ENV_CACHE", str(blocker))
+    resources.forget_embeddings()
+    pool = builtin_suite(0).pool[:resources.DISK_MIN_EXAMPLES]
+    with pytest.warns(UserWarning, match="embeddings not cached: cannot write"):
+        found = resources.embed_examples(CountingEncoder(), pool, with_output=True)
+    assert found.shape == (len(pool), CountingEncoder.dim)
+
+
+def test_encoders_without_a_fingerprint_are_never_cached_on_disk(tmp_path, monkeypatch, hash_encoder):
+    from pillow_env import resources
+
+    monkeypatch.setenv("PILLOW_ENV_CACHE", str(tmp_path / "cache"))
+    resources.embed_examples(hash_encoder, builtin_suite(0).pool, with_output=True)
+    assert not (tmp_path / "cache").exists()
