@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import numbers
+import shutil
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -47,12 +49,31 @@ class Budget:
             raise ValueError("Budget needs episodes or llm_calls (or both)")
         for name in ("episodes", "llm_calls"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"Budget.{name} must be >= 1, got {value}")
+            if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+                                      or value < 1):
+                raise ValueError(f"Budget.{name} must be a whole number >= 1, got {value!r}")
+            if value is not None:
+                object.__setattr__(self, name, int(value))
 
     def exhausted(self, episodes: int, llm_calls: int) -> bool:
         return ((self.episodes is not None and episodes >= self.episodes)
                 or (self.llm_calls is not None and llm_calls >= self.llm_calls))
+
+    def affords(self, episodes: int, llm_calls: int) -> bool:
+        """Whether spending ``episodes`` more episodes and ``llm_calls`` more LLM calls (totals so far
+        plus the next batch's worst case) stays within the budget: learners check it before each batch,
+        so a budget is a cap, never exceeded."""
+        return ((self.episodes is None or episodes <= self.episodes)
+                and (self.llm_calls is None or llm_calls <= self.llm_calls))
+
+    def check_batch(self, who: str, episodes: int, llm_calls: int, batch: str) -> None:
+        """Refuse a budget smaller than one batch (``episodes`` episodes costing up to ``llm_calls``
+        LLM calls), naming both numbers: such a run would train on nothing."""
+        for name, need in (("episodes", episodes), ("llm_calls", llm_calls)):
+            have = getattr(self, name)
+            if have is not None and have < need:
+                raise ValueError(f"{who}: Budget({name}={have}) is smaller than one batch ({batch}: up to {need} "
+                                 f"{name.replace('_', ' ')}); raise the budget or lower the batch")
 
 
 def unwrap(env: gym.Env | gym.vector.VectorEnv) -> PillowMatchEnv | PillowMatchVectorEnv:
@@ -89,8 +110,9 @@ class Agent(ABC):
         """Constructor arguments, saved as JSON so :meth:`load` can rebuild the agent."""
         return {}
 
-    def check_settings(self, *, num_envs: int) -> None:
-        """Raise ``ValueError`` now if this agent cannot train with these settings (before any long work)."""
+    def check_settings(self, *, num_envs: int, budget: Budget | None = None) -> None:
+        """Raise ``ValueError`` now if this agent cannot train with these settings (before any long work),
+        e.g. a ``budget`` smaller than one batch of ``num_envs`` episodes."""
 
     def fit(self, env: gym.Env | gym.vector.VectorEnv, budget: Budget | None = None, **kwargs: Any) -> dict[str, Any]:
         """Learn from ``env`` within ``budget``; returns a training log. Non-learners only prepare."""
@@ -107,11 +129,23 @@ class Agent(ABC):
     def select_many(self, env: PillowMatchEnv, query_indices: list[int]) -> list[list[int]]:
         return [self.select(env, i) for i in query_indices]
 
+    def check_can_select(self) -> None:
+        """Raise ``ValueError`` (one line) if this agent cannot select yet: a learner whose policy exists
+        only after ``fit`` or ``load``. Baselines and the kNN-initialised learners always can."""
+
     def save(self, path: str | Path) -> Path:
+        """Weights first, then ``agent.json``: a refused save (nothing fitted) leaves no folder a loader
+        would take for an agent."""
         path = Path(path)
+        created = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._save_weights(path)
+        except BaseException:
+            if created:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
         (path / CONFIG_NAME).write_text(json.dumps({"agent": self.name, "config": self.config()}, indent=2))
-        self._save_weights(path)
         return path
 
     def _save_weights(self, path: Path) -> None:

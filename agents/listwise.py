@@ -350,13 +350,15 @@ class ListwiseAgent(Agent):
             chosen.append(rest[int(self.net.set_scores(batch)[0].argmax())])
         return list(self._prompt_order(env, query_index, chosen))
 
-    def transfer(self, env: PillowMatchEnv) -> ListwiseAgent:
-        """This trained agent, re-pointed at ``env``'s pool: a new agent whose network scores that pool's
-        entries with the weights learned here (the matching network's MLPs take any embedding; only
-        its stored pool changes). No LLM call: a learner trained on one suite selects for another.
-        The linear ranker's per-entry biases belong to its own pool, so it does not transfer."""
+    def transfer(self, env) -> ListwiseAgent:
+        """This trained agent, re-pointed at ``env``'s pool (an env or a vector env): a new agent whose
+        network scores that pool's entries with the weights learned here (the matching network's MLPs
+        take any embedding; only its stored pool changes). No LLM call: a learner trained on one suite
+        selects for another. The linear ranker's per-entry biases belong to its own pool, so it does
+        not transfer."""
         if self.net is None:
             raise ValueError("transfer: fit or load the agent first")
+        env = first_env(env)
         moved = copy.deepcopy(self, {id(self._scorer): None})  # not the engine fit used (LLM, cache)
         moved.net = moved.family.transfer(moved.net, env)
         moved.pool_fingerprint = check_pool(env, None)
@@ -412,6 +414,8 @@ class ListwiseAgent(Agent):
     # -- persistence -----------------------------------------------------------------------------
 
     def _save_weights(self, path: Path) -> None:
+        if self.net is None:
+            raise ValueError("listwise: nothing to save: fit the agent first")
         self.family.save(self.net, path, self.history)
 
     def _load_weights(self, path: Path, trusted: bool = False) -> None:

@@ -16,7 +16,7 @@ from .reinforce import ReinforceAgent
 from .rllib_ppo import RLlibPPOAgent
 from .sb3 import ALGORITHMS, SB3Agent
 
-__all__ = ["AGENTS", "make_agent", "make_seeded_agent", "agent_names", "load_agent"]
+__all__ = ["AGENTS", "check_agent_kwargs", "make_agent", "make_seeded_agent", "agent_names", "load_agent"]
 
 AGENTS: dict[str, Callable[..., Agent]] = {
     "zero_shot": ZeroShotAgent,
@@ -38,11 +38,31 @@ def agent_names() -> list[str]:
 
 
 def make_agent(name: str, **kwargs: Any) -> Agent:
-    """Build a registered agent by name; unknown names list the valid ones."""
+    """Build a registered agent by name; unknown names list the valid ones, and arguments are checked
+    (:func:`check_agent_kwargs`) before anything is built."""
     if name not in AGENTS:
         raise ValueError(f"unknown agent {name!r}; valid agents: {', '.join(AGENTS)}")
+    fixed = sorted(set(kwargs) & set(getattr(AGENTS[name], "keywords", {})))
+    if fixed:  # e.g. {"ppo": {"algo": "dqn"}} would be a DQN saved and reported as "ppo"
+        key = fixed[0]
+        raise ValueError(f"agent {name!r}: {key!r} is fixed by the agent's name ({key}={AGENTS[name].keywords[key]!r}); "
+                         f"to run another, name that agent (e.g. --agents {kwargs[key]})")
     check_arguments(AGENTS[name], kwargs, f"agent {name!r}")
     return AGENTS[name](**kwargs)
+
+
+def check_agent_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """Raise ``ValueError`` (one line naming the agent and the argument) if ``make_agent(name, **kwargs)``
+    would fail: an unknown agent or argument, a type unlike the default's, an argument fixed by the
+    name (``algo`` of ``ppo``), a value the constructor refuses (SB3's ``policy``, ``algo_kwargs``
+    against the algorithm's signature). Builds the agent only (no model, env or LLM), so callers check
+    every agent's settings before any long work."""
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"agent {name!r}: settings must be a dict of arguments, got {kwargs!r}")
+    try:
+        make_agent(name, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"agent {name!r}: {err}") from None
 
 
 def load_agent(path: str | Path, *, trusted: bool = False) -> Agent:

@@ -73,9 +73,11 @@ class ReinforceAgent(Agent):
                              "benchmarks/results/listwise-variants.md); this agent was trained with it")
         return config
 
-    def check_settings(self, *, num_envs: int) -> None:
+    def check_settings(self, *, num_envs: int, budget: Budget | None = None) -> None:
         if num_envs % self.group_size:
             raise ValueError(f"reinforce: num_envs ({num_envs}) must be a multiple of group_size ({self.group_size})")
+        if budget is not None:  # a batch is one episode per env, each scored once
+            budget.check_batch("reinforce", num_envs, num_envs, f"num_envs={num_envs} episodes")
 
     def prepare(self, env: PillowMatchEnv | PillowMatchVectorEnv) -> None:
         if self.net is not None:
@@ -94,7 +96,7 @@ class ReinforceAgent(Agent):
         if venv.envs[0].dense:
             raise ValueError("ReinforceAgent uses the episode return; use the default sparse reward (dense=False)")
         budget = budget or Budget(episodes=1000)
-        self.check_settings(num_envs=venv.num_envs)
+        self.check_settings(num_envs=venv.num_envs, budget=budget)
         self.prepare(venv)
         assert self.net is not None
         net, engine, m = self.net.train(), venv.engine, venv.envs[0].m
@@ -108,7 +110,8 @@ class ReinforceAgent(Agent):
                    desc="reinforce", unit="episode" if budget.episodes else "generation")
         queries = np.random.default_rng(self.seed)
         n_queries = len(venv.envs[0].queries)
-        while not budget.exhausted(episodes, generations):
+        # A batch costs at most one LLM call per episode: run it only if that worst case fits the budget.
+        while budget.affords(episodes + venv.num_envs, generations + venv.num_envs):
             # 1. Roll out one batch of episodes (group_size per query): m sampled actions per env.
             picked = queries.integers(n_queries, size=venv.num_envs // self.group_size)
             obs, _ = venv.reset(options={"query_index": np.repeat(picked, self.group_size)})
@@ -173,6 +176,8 @@ class ReinforceAgent(Agent):
         return greedy_rollout(env, query_index, self.scores)
 
     def _save_weights(self, path: Path) -> None:
+        if self.net is None:
+            raise ValueError("reinforce: nothing to save: fit the agent first")
         save_network(self.net, path, self.history)
 
     def _load_weights(self, path: Path, trusted: bool = False) -> None:

@@ -134,16 +134,20 @@ class RLlibPPOAgent(Agent):
         if self.trajectory_dir is not None:
             env_config["trajectory_dir"] = str(Path(self.trajectory_dir).resolve())
 
-        per_iteration = self.train_batch_size // single.m
+        # An iteration samples train_batch_size steps, a fragment of ceil(train_batch_size / runners) per runner
+        # ("auto" fragments); an episode is m steps (the module masks invalid actions), so a runner finishes
+        # at most ceil(fragment / m) episodes per iteration, each scored once.
+        fragment = -(-self.train_batch_size // self.num_env_runners)
+        per_iteration = self.num_env_runners * -(-fragment // single.m)
 
         def affordable(episodes: int, calls: int) -> bool:  # another iteration stays within the budget
-            return ((budget.episodes is None or episodes + per_iteration <= budget.episodes)
-                    and (budget.llm_calls is None or calls + per_iteration <= budget.llm_calls))
+            return budget.affords(episodes + per_iteration, calls + per_iteration)
 
         if not affordable(0, 0):
-            raise ValueError(f"rllib_ppo: one PPO iteration samples ~{per_iteration} episodes "
-                             f"(train_batch_size={self.train_batch_size} steps / m={single.m}), more than the "
-                             f"budget {budget}; lower train_batch_size")
+            raise ValueError(f"rllib_ppo: one PPO iteration finishes up to {per_iteration} episodes "
+                             f"(train_batch_size={self.train_batch_size} steps over {self.num_env_runners} runners, "
+                             f"m={single.m} steps each), "
+                             f"more than the budget {budget}; lower train_batch_size")
 
         started = not ray.is_initialized()
         if started:
@@ -200,10 +204,13 @@ class RLlibPPOAgent(Agent):
     def prepare(self, env) -> None:
         check_pool(env, self.pool_fingerprint)
 
+    def check_can_select(self) -> None:
+        if self.state is None:
+            raise ValueError("rllib_ppo: an untrained agent has no policy to select with; fit or load it first")
+
     def _policy(self, env: PillowMatchEnv):
         """The trained module, rebuilt in this process for ``env``'s spaces (no Ray workers)."""
-        if self.state is None:
-            raise ValueError("rllib_ppo: fit or load the agent before selecting")
+        self.check_can_select()
         if self._module is None:
             _import_ray()
             from pillow_env.rllib import MaskedObservation
@@ -234,7 +241,7 @@ class RLlibPPOAgent(Agent):
 
     def _save_weights(self, path: Path) -> None:
         if self.state is None:
-            raise ValueError("nothing to save: fit the agent first")
+            raise ValueError("rllib_ppo: nothing to save: fit the agent first")
         save_file(self.state, str(path / WEIGHTS_NAME))
         save_history(path, self.history)
 

@@ -12,6 +12,7 @@ that start rather than refine it.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ import torch
 from gymnasium.vector import AutoresetMode
 from sb3_contrib.common.maskable.policies import MaskableMultiInputActorCriticPolicy
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.utils import configure_logger
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
@@ -101,14 +104,31 @@ class SB3VecEnv(VecEnv):
         return [False] * len(self._get_indices(indices))
 
 
-class _BudgetCallback(BaseCallback):
-    """Stops training when the generation budget is spent; logs generations and cache hits; tqdm bar."""
+def _step_cost(venv: PillowMatchVectorEnv) -> int:
+    """The most LLM calls the next vector step can make: in sparse mode one per env about to pick its
+    last exemplar; in dense mode every step is scored, and an episode's end also scores the next
+    episode's zero-shot baseline (autoreset), so two per env."""
+    if venv.envs[0].dense:
+        return 2 * venv.num_envs
+    return sum(len(env.chosen) == env.m - 1 for env in venv.envs)
 
-    def __init__(self, engine, budget: Budget, m: int, progress: bool, desc: str) -> None:
+
+def _batch_cost(venv: PillowMatchVectorEnv) -> int:
+    """The most LLM calls one episode per env can make: one (sparse), or its ``m`` scored steps plus its
+    own and the next episode's zero-shot baselines (dense)."""
+    return venv.num_envs * ((venv.envs[0].m + 2) if venv.envs[0].dense else 1)
+
+
+class _BudgetCallback(BaseCallback):
+    """Stops training before a step that could exceed the budget (a cap, never exceeded); counts
+    finished episodes and LLM calls; logs generations and cache hits; tqdm bar."""
+
+    def __init__(self, venv: PillowMatchVectorEnv, budget: Budget, progress: bool, desc: str) -> None:
         super().__init__()
-        self.engine, self.budget, self.m, self.progress, self.desc = engine, budget, m, progress, desc
-        self.start_generations = engine.stats.llm_calls
-        self.start_hits = engine.stats.cache_hits
+        self.venv, self.engine, self.budget, self.progress, self.desc = venv, venv.engine, budget, progress, desc
+        self.start_generations = self.engine.stats.llm_calls
+        self.start_hits = self.engine.stats.cache_hits
+        self.episodes = 0
         self.history: list[dict[str, float]] = []
         self._returns: list[float] = []
 
@@ -119,19 +139,20 @@ class _BudgetCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         generations = self.engine.stats.llm_calls - self.start_generations
-        episodes = self.num_timesteps // self.m
+        self.episodes += int(np.sum(self.locals.get("dones", 0)))
         for info in self.locals.get("infos", []):
             if "episode" in info:
                 self._returns.append(float(info["episode"]["r"]))
         if len(self._returns) >= self.training_env.num_envs:
             reward = float(np.mean(self._returns))
-            self.history.append({"episodes": episodes, "generations": generations, "reward": reward})
+            self.history.append({"episodes": self.episodes, "generations": generations, "reward": reward})
             self._returns = []
         self.logger.record("pillow/generations", generations)
         self.logger.record("pillow/cache_hits", self.engine.stats.cache_hits - self.start_hits)
-        self.bar.n = min(episodes if self.budget.episodes else generations, self.bar.total)
+        self.bar.n = min(self.episodes if self.budget.episodes else generations, self.bar.total)
         self.bar.refresh()
-        return not self.budget.exhausted(episodes, generations)
+        # Any env may end its episode on the next step (invalid actions truncate), each finished one may cost.
+        return self.budget.affords(self.episodes + self.venv.num_envs, generations + _step_cost(self.venv))
 
     def _on_training_end(self) -> None:
         self.bar.close()
@@ -218,6 +239,39 @@ def _defaults(algo: str, num_envs: int, m: int) -> dict[str, Any]:
             "exploration_fraction": 0.3, "exploration_final_eps": 0.02, "gamma": 1.0}
 
 
+POLICIES = ("matching", "MultiInputPolicy")
+_SET_BY_AGENT = ("policy", "env", "seed", "verbose", "tensorboard_log", "_init_setup_model")
+
+
+def _check_algo_kwargs(algo: str, algo_kwargs: dict[str, Any]) -> None:
+    """Refuse ``algo_kwargs`` the algorithm does not take, that the agent sets itself, or whose JSON
+    type cannot be its setting's (``{"n_steps": "x"}``), naming them, before any model loads."""
+    if not isinstance(algo_kwargs, dict):
+        raise ValueError(f"{algo}: algo_kwargs must be a dict of {algo.upper()} settings, got {algo_kwargs!r}")
+    params = inspect.signature(_algorithms()[algo].__init__).parameters
+    ours = sorted(set(algo_kwargs) & set(_SET_BY_AGENT))
+    if ours:
+        raise ValueError(f"{algo}: algo_kwargs may not set {', '.join(ours)} (the agent sets it; seed and policy "
+                         "are the agent's own arguments)")
+    unknown = sorted(set(algo_kwargs) - set(params))
+    if unknown:
+        takes = ", ".join(p for p in params if p not in ("self", *_SET_BY_AGENT))
+        raise ValueError(f"{algo}: unknown algo_kwargs {', '.join(unknown)}; {algo.upper()} takes {takes}")
+    defaults = _defaults(algo, 1, 1)
+    for key, value in algo_kwargs.items():
+        default = defaults.get(key, params[key].default)
+        if default is inspect.Parameter.empty or default is None or value is None or callable(value):
+            continue  # no default to compare with, or a schedule (learning_rate=lambda progress: ...)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        for kind, wanted, ok in ((bool, "true or false", isinstance(value, bool)),
+                                 (int, "a whole number", number and isinstance(value, int)),
+                                 (float, "a number", number), (str, "a string", isinstance(value, str))):
+            if isinstance(default, kind):
+                if not ok:
+                    raise ValueError(f"{algo}: algo_kwargs {key} must be {wanted}, got {value!r}")
+                break
+
+
 class SB3Agent(Agent):
     """Any SB3 algorithm on PillowMatch-v0: ``"ppo"``, ``"a2c"``, ``"dqn"``, ``"maskable_ppo"``.
 
@@ -238,6 +292,9 @@ class SB3Agent(Agent):
         policy = policy or ("MultiInputPolicy" if algo == "dqn" else "matching")
         if policy == "matching" and algo == "dqn":
             raise ValueError("policy='matching' needs an actor-critic algorithm (ppo, a2c, maskable_ppo), not dqn")
+        if policy not in POLICIES:  # observations are a Dict: SB3's other policies refuse them
+            raise ValueError(f"{algo}: policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        _check_algo_kwargs(algo, algo_kwargs or {})
         self.algo, self.policy, self.seed = algo, policy, seed
         self.algo_kwargs = dict(algo_kwargs or {})
         self.pool_fingerprint = pool_fingerprint
@@ -256,6 +313,10 @@ class SB3Agent(Agent):
         return {"algo": self.algo, "policy": self.policy, "seed": self.seed, "algo_kwargs": self.algo_kwargs,
                 "pool_fingerprint": self.pool_fingerprint}
 
+    def check_settings(self, *, num_envs: int, budget: Budget | None = None) -> None:
+        if budget is not None:  # the smallest batch: one episode per env
+            budget.check_batch(self.algo, num_envs, num_envs, f"one episode in each of {num_envs} envs")
+
     def prepare(self, env) -> None:
         if self.model is None:
             self.pool_fingerprint = check_pool(env, None)
@@ -268,6 +329,8 @@ class SB3Agent(Agent):
         if venv.envs[0].observation != "embedding":
             raise ValueError("SB3 agents need observation='embedding'")
         budget = budget or Budget(episodes=1000)
+        self.check_settings(num_envs=venv.num_envs, budget=budget)
+        budget.check_batch(self.algo, venv.num_envs, _batch_cost(venv), f"one episode in each of {venv.num_envs} envs")
         self.prepare(venv)
         m = venv.envs[0].m
         vec_env = VecMonitor(SB3VecEnv(venv))
@@ -284,30 +347,39 @@ class SB3Agent(Agent):
                                                   **settings)
         else:
             self.model.set_env(vec_env)
-        callback = _BudgetCallback(venv.engine, budget, m, progress, self.algo)
+        # Our own logger: SB3's default one creates an empty /tmp/SB3-<time> folder when nothing is logged.
+        self.model.set_logger(Logger(folder=None, output_formats=[]) if tensorboard is None
+                              else configure_logger(0, str(tensorboard), self.algo))
+        callback = _BudgetCallback(venv, budget, progress, self.algo)
         # Timesteps are a ceiling only; the callback stops at the budget.
         total = (budget.episodes or budget.llm_calls or 0) * m * 2 + venv.num_envs * m * 8
         self.model.learn(total_timesteps=total, callback=callback, tb_log_name=self.algo)
         self.history = callback.history
-        return {"episodes": self.model.num_timesteps // m,
+        return {"episodes": callback.episodes,
                 "generations": venv.engine.stats.llm_calls - callback.start_generations, "history": self.history}
 
     @torch.no_grad()
     def scores(self, obs: dict[str, Any]) -> np.ndarray:
         """A score per pool entry for one observation: action probabilities, or Q-values for DQN."""
-        assert self.model is not None, "fit or load the agent first"
+        self.check_can_select()
         tensor, _ = self.model.policy.obs_to_tensor({k: np.asarray(v) for k, v in obs.items()})
         if self.algo == "dqn":
             return self.model.q_net(tensor)[0].cpu().numpy()
         return self.model.policy.get_distribution(tensor).distribution.logits[0].cpu().numpy()
 
+    def check_can_select(self) -> None:
+        if self.model is None:
+            raise ValueError(f"{self.algo}: an untrained SB3 agent has no policy to select with; fit it, or load "
+                             "a trained one (CLI: --load DIR, or select --agent-dir DIR, with --trust-pickle)")
+
     def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
+        self.check_can_select()
         self.prepare(env)
         return greedy_rollout(env, query_index, self.scores)
 
     def _save_weights(self, path: Path) -> None:
         if self.model is None:
-            raise ValueError("nothing to save: fit the agent first")
+            raise ValueError(f"{self.algo}: nothing to save: fit the agent first")
         self.model.save(path / "model.zip")
 
     def _load_weights(self, path: Path, trusted: bool = False) -> None:

@@ -77,6 +77,7 @@ class Selector:
     def __init__(self, agent: Agent, pool: ExampleSource = "builtin", *, shots: int | None = None,
                  model: str = DEFAULT_MODEL, encoder: str | Encoder = "minilm", candidates: int | None = None,
                  renderer: PromptRenderer | None = None, suite_seed: int = 0) -> None:
+        agent.check_can_select()  # an untrained SB3 / RLlib agent: one line now, not at the first query
         self.agent = agent
         self.pool = resolve_examples(pool, "pool", seed=suite_seed)
         trained = _trained_m(agent)

@@ -74,11 +74,17 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
-    from agents import AGENTS, Budget, evaluate, make_seeded_agent
+    from agents import AGENTS, Budget, check_agent_kwargs, evaluate, make_seeded_agent
 
     unknown = [a for a in [*config.agents, *config.agent_kwargs] if a not in AGENTS]
     if unknown:
         raise ValueError(f"unknown agent(s) {', '.join(unknown)}; valid agents: {', '.join(AGENTS)}")
+    for name, kwargs in config.agent_kwargs.items():  # every agent's settings, before any agent runs
+        try:
+            check_agent_kwargs(name, kwargs)
+        except ValueError as err:
+            raise ValueError(f"--agent-kwargs for {name!r}: {err}") from None
+    budget = Budget(episodes=config.episodes)
     if config.train_reward not in ("pillow", "loglik"):
         raise ValueError(f"train_reward must be 'pillow' or 'loglik', got {config.train_reward!r}")
     if config.max_new_tokens is None:
@@ -136,7 +142,7 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
             agents[name] = make_seeded_agent(name, config.seed, **config.agent_kwargs.get(name, {}))
         except (TypeError, ValueError) as err:
             raise ValueError(f"--agent-kwargs for {name!r}: {err}") from None
-        agents[name].check_settings(num_envs=config.num_envs)
+        agents[name].check_settings(num_envs=config.num_envs, budget=budget)
 
     from .encoder import load_encoder
     from .env import PillowMatchEnv

@@ -143,9 +143,10 @@ def _inspect(args: argparse.Namespace) -> None:
     count = len(resolve_examples(args.queries, "test", seed=args.seed, what="--queries"))
     if not 0 <= args.query_index < count:  # checked before the LLM loads
         raise ValueError(f"--query-index must be in [0, {count}), got {args.query_index}")
+    agent = load_agent(args.load, trusted=args.trust_pickle) if args.load else make_agent(args.agent)
+    agent.check_can_select()  # an untrained SB3 / RLlib agent: one line, before the LLM loads
     pool, queries, encoder, engine = _engine_and_envs(args, args.queries, "test")
     env = PillowMatchEnv(pool, queries, m=args.shots, engine=engine, encoder=encoder)
-    agent = load_agent(args.load, trusted=args.trust_pickle) if args.load else make_agent(args.agent)
     agent.prepare(env)
     selection = agent.select(env, args.query_index)
     query = queries[args.query_index]
@@ -165,7 +166,7 @@ def _train_agent(args: argparse.Namespace) -> None:
 
     _sources(args, "pool", "train")
     agent = make_seeded_agent(args.agent, args.seed, **args.agent_kwargs.get(args.agent, {}))  # before the LLM
-    agent.check_settings(num_envs=args.num_envs)
+    agent.check_settings(num_envs=args.num_envs, budget=Budget(episodes=args.episodes))
     pool, queries, encoder, engine = _engine_and_envs(args, args.train, "train", signal=args.train_reward)
     venv = PillowMatchVectorEnv(args.num_envs, pool=pool, queries=queries, m=args.shots, engine=engine,
                                 encoder=encoder, candidates=args.candidates)
@@ -195,7 +196,7 @@ def _select(args: argparse.Namespace) -> None:
 
     from agents.selector import Selector
 
-    from .data import DataError, load_examples, parse_record
+    from .data import load_examples, parse_json_line, parse_record
 
     out = None if str(args.out) == "-" else Path(args.out)
     if out is not None:
@@ -226,10 +227,7 @@ def _select(args: argparse.Namespace) -> None:
                 if not line.strip():
                     continue
                 where = f"<stdin>:{lineno}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{where}: invalid JSON ({err.msg}, column {err.colno})") from None
+                record = parse_json_line(line, where)  # a byte-order mark dropped, as in files
                 write([parse_record({"instruction": record} if isinstance(record, str) else record, where,
                                     require_output=False)])
                 count += 1

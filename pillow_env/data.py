@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,6 +23,7 @@ __all__ = [
     "FORMATS",
     "LoadReport",
     "load_examples",
+    "parse_json_line",
     "parse_record",
     "split_examples",
     "examples_fingerprint",
@@ -88,23 +90,55 @@ def _to_example(record: Any, mapping: Mapping[str, str | None], where: str, requ
             values[ours] = ""
             continue
         value = record[theirs]
+        if isinstance(value, float) and not math.isfinite(value):  # JSON's NaN / Infinity are no answer
+            raise DataError(f"{where}: field {theirs!r} is {value} (not a finite number); give the text")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)
         if not isinstance(value, str):
             raise DataError(f"{where}: field {theirs!r} must be a string, got {type(value).__name__}")
+        _check_encodable(value, where, theirs)
         values[ours] = value
     if not values["instruction"].strip():
         raise DataError(f"{where}: field {mapping['instruction']!r} is empty")
     used = {v for v in mapping.values() if v is not None}
     metadata = {k: v for k, v in record.items() if k not in used}
+    for key, value in metadata.items():  # written back with the record (select's output, results)
+        if isinstance(value, str):
+            _check_encodable(value, where, key)
     return Example(values["instruction"], values.get("input", ""), values["output"], metadata)
+
+
+def _check_encodable(value: str, where: str, name: str) -> None:
+    """Refuse a lone surrogate (JSON's ``"\\ud800"``): valid JSON, but no text; it would fail later,
+    in the tokenizer or on writing results, naming no file."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataError(f"{where}: field {name!r} holds a lone surrogate {value[err.start]!r} at character "
+                        f"{err.start} (an unpaired \\ud800-\\udfff escape); fix the text") from None
+
+
+def parse_json_line(line: str | bytes, where: str) -> Any:
+    """One JSONL line (text or UTF-8 bytes, a leading byte-order mark dropped, as in files), parsed;
+    a ``DataError`` naming ``where`` (file or stream, and line) if it is not UTF-8 or not JSON."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            bad = line[err.start:err.start + 1]
+            raise DataError(f"{where}: not UTF-8 text (byte {err.start}: {bad!r}); re-save the file as UTF-8") from None
+    try:
+        return json.loads(line.removeprefix("\ufeff"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: invalid JSON ({err.msg}, column {err.colno})") from None
 
 
 def _records(path: Path) -> Iterable[tuple[str, Any]]:
     """Yield (location, parsed record); JSON arrays are located by index, JSONL by line.
 
     UTF-8 with or without a byte-order mark; a line that is not UTF-8 is a bad record (skippable).
-    A ``.jsonl`` file that holds one pretty-printed JSON array is read as the array it is.
+    A ``.jsonl`` file that holds one pretty-printed JSON array is read as the array it is, and a
+    ``.json`` file that holds one object per line (JSONL) as the lines they are.
     """
     raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
@@ -113,20 +147,27 @@ def _records(path: Path) -> Iterable[tuple[str, Any]]:
     if path.suffix == ".jsonl" and stripped[:1] == b"[":
         yield from _array(path, raw)
         return
-    if path.suffix == ".jsonl" or (stripped[:1] == b"{" and path.suffix != ".json"):
+    if path.suffix == ".jsonl" or (stripped[:1] == b"{" and (path.suffix != ".json" or _is_jsonl(raw))):
         for lineno, line in enumerate(raw.splitlines(), start=1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
-                yield where, json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError as err:
-                bad = line[err.start:err.start + 1]
-                yield where, DataError(f"{where}: not UTF-8 text (byte {err.start}: {bad!r}); re-save the file as UTF-8")
-            except json.JSONDecodeError as err:
-                yield where, DataError(f"{where}: invalid JSON ({err.msg}, column {err.colno})")
+                yield where, parse_json_line(line, where)
+            except DataError as err:
+                yield where, err
         return
     yield from _array(path, raw)
+
+
+def _is_jsonl(raw: bytes) -> bool:
+    """Whether a ``.json`` file starting with ``{`` is JSONL: its first line is a whole JSON object and
+    more JSON follows (one JSON document would be "Extra data" after that object)."""
+    first, _, rest = raw.partition(b"\n")
+    try:
+        return isinstance(json.loads(first.decode("utf-8")), dict) and bool(rest.strip())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
 
 
 def _array(path: Path, raw: bytes) -> Iterable[tuple[str, Any]]:

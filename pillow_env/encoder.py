@@ -7,6 +7,7 @@ package folder, so nothing is fetched from a hub.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,17 @@ def _resolve(name_or_path: str) -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / sub)
 
 
+def _fingerprint(source: str) -> str:
+    """Which weights an encoder holds, for keying embeddings cached on disk: a local folder's files (names,
+    sizes, modification times), or the hub name."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return f"hub:{source}"
+    files = sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in folder.rglob("*") if p.is_file())
+    return hashlib.sha256(repr((str(folder.resolve()), files)).encode()).hexdigest()[:16]
+
+
 class Encoder:
     """A sentence-transformers model returning L2-normalised float32 embeddings."""
 
@@ -38,6 +50,7 @@ class Encoder:
         self.name = name_or_path
         self.batch_size = batch_size
         self.model = SentenceTransformer(_resolve(name_or_path), device=device)
+        self.fingerprint = _fingerprint(_resolve(name_or_path))
         self.dim = int(self.model.get_embedding_dimension())
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

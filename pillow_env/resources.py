@@ -7,7 +7,11 @@ designs does not arise.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,12 +77,74 @@ def forget_embeddings() -> None:
     _EMBEDDINGS.clear()
 
 
+DISK_MIN_EXAMPLES = 64  # smaller sets (a selector's queries) embed in milliseconds: memory only
+
+
+def embedding_cache_dir() -> Path:
+    """Where pool embeddings are kept between processes: ``$PILLOW_ENV_CACHE/embeddings`` (default
+    ``~/.cache/pillow-env/embeddings``)."""
+    from .backends.hf import cache_dir
+
+    return cache_dir() / "embeddings"
+
+
+def _disk_file(encoder: Encoder, fingerprint: str, what: Any) -> Path | None:
+    """The ``.npy`` file of one embedded set, or ``None`` for encoders without a weights fingerprint
+    (stand-ins, custom classes): their embeddings are not tied to fixed weights, so never reused."""
+    weights = getattr(encoder, "fingerprint", None)
+    if not isinstance(weights, str):
+        return None
+    key = hashlib.sha256(repr((weights, fingerprint, what)).encode()).hexdigest()[:32]
+    return embedding_cache_dir() / f"{key}.npy"
+
+
+def _read_disk(path: Path, n: int) -> np.ndarray | None:
+    """A cached embedding matrix of ``n`` rows, or ``None`` (absent, unreadable, damaged: recompute)."""
+    if not path.is_file():
+        return None
+    try:
+        found = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        warnings.warn(f"{path}: unreadable embedding cache ({type(err).__name__}: {err}); recomputing", stacklevel=4)
+        return None
+    if found.dtype != np.float32 or found.ndim != 2 or found.shape[0] != n or not np.isfinite(found).all():
+        warnings.warn(f"{path}: damaged embedding cache (shape {found.shape}, {found.dtype}); recomputing",
+                      stacklevel=4)
+        return None
+    return found
+
+
+def _write_disk(path: Path, embeddings: np.ndarray) -> None:
+    """Kept for the next process, written under a temporary name and renamed (a kill leaves no half file);
+    a cache that cannot be written only costs the next process the recomputation."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.save(f, embeddings, allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        warnings.warn(f"embeddings not cached: cannot write {path} ({err.strerror or err}); set PILLOW_ENV_CACHE "
+                      "to a writable folder", stacklevel=4)
+
+
 def _memoised(encoder: Encoder, examples: Sequence[Example], what: Any, text: Callable[[Example], str]) -> np.ndarray:
-    key = repr((getattr(encoder, "name", repr(encoder)), examples_fingerprint(examples), what))
+    """Embeddings from this process's memo, else (sets of ``DISK_MIN_EXAMPLES`` or more) the disk cache
+    keyed by the encoder's weights and the examples' content, else the encoder."""
+    fingerprint = examples_fingerprint(examples)
+    key = repr((getattr(encoder, "name", repr(encoder)), getattr(encoder, "fingerprint", None), fingerprint, what))
     found = _EMBEDDINGS.get(key)
+    if found is not None:
+        return found
+    disk = _disk_file(encoder, fingerprint, what) if len(examples) >= DISK_MIN_EXAMPLES else None
+    found = None if disk is None else _read_disk(disk, len(examples))
     if found is None:
         found = np.ascontiguousarray(encoder.encode([text(e) for e in examples]), dtype=np.float32)
-        _EMBEDDINGS.put(key, found)
+        if disk is not None:
+            _write_disk(disk, found)
+    _EMBEDDINGS.put(key, found)
     return found
 
 

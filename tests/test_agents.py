@@ -44,7 +44,8 @@ def test_every_agent_fits_selects_saves_and_loads(name, engine, hash_encoder, tm
         assert len(sel) == (0 if name == "zero_shot" else 2) and len(set(sel)) == len(sel)
         assert all(0 <= a < len(POOL) for a in sel)
     if agent.learns:
-        assert log["episodes"] >= 16 and log["llm_calls" if "llm_calls" in log else "generations"] >= 1
+        assert 16 - 4 < log["episodes"] <= 16  # a cap: stops before a batch exceeds it
+        assert log["llm_calls" if "llm_calls" in log else "generations"] >= 1
     agent.save(tmp_path / name)
     if isinstance(agent, SB3Agent):  # SB3 zips are pickles: refused unless the caller trusts the folder
         with pytest.raises(ValueError, match="pickle.*trusted=True"):
@@ -123,7 +124,7 @@ def test_sb3_trains_through_batched_generations(algo, tiny_backbone, hash_encode
     agent = SB3Agent(algo)
     log = agent.fit(vec(engine, hash_encoder, n=4), Budget(episodes=32), progress=False)
     assert engine.stats.max_batch > 1 and engine.stats.backend_calls < engine.stats.generations
-    assert log["episodes"] >= 32
+    assert 32 - 4 < log["episodes"] <= 32
 
 
 def test_matching_policy_head_trains(engine, hash_encoder, tmp_path):
@@ -139,7 +140,7 @@ def test_matching_policy_head_trains(engine, hash_encoder, tmp_path):
 
 def test_generation_budget_is_respected(engine, hash_encoder):
     log = ReinforceAgent().fit(vec(engine, hash_encoder), Budget(llm_calls=10), progress=False)
-    assert 10 <= log["generations"] <= 10 + 4
+    assert 10 - 4 < log["generations"] <= 10  # a cap: no batch of 4 starts that could exceed it
     with pytest.warns(DeprecationWarning, match="llm_calls"):
         old = Budget(generations=10)  # the old name
     assert old == Budget(llm_calls=10) and old.generations == 10
@@ -150,7 +151,7 @@ def test_sb3_actor_critics_start_as_knn(algo, engine, hash_encoder):
     """The same kNN-initialised matching network as REINFORCE: before any update, greedy = kNN."""
     agent = SB3Agent(algo)
     assert agent.policy == "matching" and SB3Agent("dqn").policy == "MultiInputPolicy"
-    agent.fit(vec(engine, hash_encoder), Budget(episodes=1), progress=False)  # builds the model, stops before any update
+    agent.fit(vec(engine, hash_encoder), Budget(episodes=4), progress=False)  # builds the model, stops before any update
     env = single(engine, hash_encoder)
     knn = make_agent("knn").select_many(env, list(range(len(TEST))))
     assert [set(s) for s in agent.select_many(env, list(range(len(TEST))))] == [set(s) for s in knn]  # kNN orders nearest last

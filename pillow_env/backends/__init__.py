@@ -86,7 +86,7 @@ def load_renderer(spec: str) -> Any:
 
     kind, target = parse_spec(spec)
     if kind == "openai":
-        from .openai_server import split_target
+        from .openai_server import load_tokenizer, split_target
 
-        target = split_target(target)[2]
+        return PromptRenderer(load_tokenizer(split_target(target)[2]))
     return PromptRenderer(AutoTokenizer.from_pretrained(resolve_model(target)))

@@ -29,6 +29,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,7 +39,7 @@ from ..prompts import PromptRenderer
 from .base import (BackendError, LikelihoodUnsupported, ServerRejected, ServerUnreachable, TokenizerBackend,
                    cut_at_stop, loglik_token_ids)
 
-__all__ = ["OpenAIBackend", "split_target"]
+__all__ = ["OpenAIBackend", "load_tokenizer", "split_target"]
 
 
 def split_target(target: str) -> tuple[str, str, str]:
@@ -51,6 +52,36 @@ def split_target(target: str) -> tuple[str, str, str]:
     if urlsplit(url).scheme not in ("http", "https"):
         raise ValueError(f"openai:{shown!r}: the server URL must start with http:// or https://")
     return url.rstrip("/"), model, parts[2] if len(parts) == 3 else model
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer an ``openai:`` model string names after ``#``: a folder, an alias, or a Hugging
+    Face name, found in the local cache first; the hub is asked once (no retries) only for a name not
+    cached. A name found nowhere is one ``FileNotFoundError`` naming it at once, not a minute of hub
+    retries and transformers' two-line message."""
+    from huggingface_hub import constants, model_info
+    from transformers import AutoTokenizer
+
+    from .hf import resolve_model
+
+    path = resolve_model(name)
+    if Path(path).expanduser().is_dir():
+        return AutoTokenizer.from_pretrained(path)
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except OSError:
+        pass  # not in the local cache
+    where = (f"tokenizer {name!r} (openai:URL#MODEL[#TOKENIZER]) is no local folder and not in the Hugging Face "
+             "cache")
+    fix = "give a tokenizer folder after the last '#', or download it first (huggingface-cli download NAME)"
+    if constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(f"{where}, and HF_HUB_OFFLINE is set; {fix}")
+    try:
+        model_info(path, timeout=10)  # one request: a missing or unreachable name fails here, at once
+    except Exception as err:  # noqa: BLE001 (not found, gated, invalid name, no network: all one answer)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FileNotFoundError(f"{where}, nor found on the hub ({type(err).__name__}: {reason}); {fix}") from None
+    return AutoTokenizer.from_pretrained(path)
 
 
 def public_url(url: str) -> str:
@@ -95,14 +126,9 @@ class OpenAIBackend(TokenizerBackend):
     @classmethod
     def from_spec(cls, target: str, **kwargs: Any) -> OpenAIBackend:
         """From the part after ``openai:``; the tokenizer is loaded locally, no weights."""
-        from transformers import AutoTokenizer
-
-        from .hf import resolve_model
-
         url, model, tokenizer = split_target(target)
         renderer_kwargs = {k: kwargs.pop(k) for k in ("max_exemplar_tokens", "use_chat_template") if k in kwargs}
-        return cls(url, model, PromptRenderer(AutoTokenizer.from_pretrained(resolve_model(tokenizer)),
-                                              **renderer_kwargs), **kwargs)
+        return cls(url, model, PromptRenderer(load_tokenizer(tokenizer), **renderer_kwargs), **kwargs)
 
     @property
     def name(self) -> str:
