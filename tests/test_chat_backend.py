@@ -232,7 +232,7 @@ def folder():
 def _server(folder, port, log):
     from pillow_env.backends.local_server import LocalServer
 
-    return LocalServer(folder, port, log, threads=1)
+    return LocalServer(folder, port, log, threads=1, startup_timeout=600)  # one core; a loaded box starts slowly
 
 
 def _knn_requests(n):

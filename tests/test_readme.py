@@ -75,7 +75,7 @@ def test_chat_block_runs_against_a_real_servers_chat_endpoint(index, tiny_model_
         monkeypatch.setattr(module, "load_encoder", lambda *a, **k: hash_encoder)
     monkeypatch.chdir(tmp_path)
     resources.shared_engine.cache_clear()
-    with LocalServer(str(tiny_model_dir), log=tmp_path / "server.log", threads=1) as server:
+    with LocalServer(str(tiny_model_dir), log=tmp_path / "server.log", threads=1, startup_timeout=600) as server:
         code = re.sub(r'spec = "[^"]+"', f'spec = "{server.chat_spec}"', PYTHON[index]).replace("2000", "8")
         code = code.replace('split="test")', 'split="test", queries=pillow_env.builtin_suite(0).test[:4])')
         exec(compile("import pillow_env\n" + code, f"README.md python block {index}", "exec"), {"__name__": "__readme__"})
