@@ -7,21 +7,26 @@ magnitude cheaper than generating, and the prompt goes to whatever LLM serves pr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pillow_env.data import DataError, Example, load_examples
 from pillow_env.encoder import Encoder, load_encoder
 from pillow_env.data import ExampleSource, resolve_examples
 from pillow_env.env import PillowMatchEnv
-from pillow_env.prompts import PromptRenderer
-from pillow_env.resources import DEFAULT_MODEL
+from pillow_env.prompts import PromptRenderer, user_text
+from pillow_env.resources import DEFAULT_MODEL, embed_examples
 
 from .base import Agent
 
 __all__ = ["Selection", "Selector", "load_renderer"]
+
+CHARS_PER_TOKEN = 4  # exemplar budgets count characters / 4 where the renderer has no tokenizer (openai-chat:)
 
 
 def load_renderer(model: str = DEFAULT_MODEL) -> PromptRenderer:
@@ -33,21 +38,50 @@ def load_renderer(model: str = DEFAULT_MODEL) -> PromptRenderer:
 
 @dataclass(frozen=True)
 class Selection:
-    """The exemplars chosen for one query, in prompt order, and the prompt they make."""
+    """The exemplars chosen for one query, in prompt order, and the prompt they make.
+
+    ``scores`` are each exemplar's cosine similarity to the query (instruction + input, by the
+    selector's encoder: what kNN ranks by; a learned agent may pick a less similar one on purpose).
+    ``dropped`` are the pool indices the agent picked that did not fit ``exemplar_budget``.
+    """
 
     query: Example
     indices: list[int]
     exemplars: list[Example]
     prompt: str
     messages: list[dict[str, str]] | None
+    scores: list[float] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         record: dict[str, Any] = {"query": {"instruction": self.query.instruction, "input": self.query.input},
                                   "indices": self.indices, "exemplars": [e.to_dict() for e in self.exemplars],
-                                  "prompt": self.prompt}
+                                  "scores": self.scores, "prompt": self.prompt}
+        if self.dropped:
+            record["dropped"] = self.dropped
         if self.messages is not None:
             record["messages"] = self.messages
         return record
+
+
+class _FilteredEnv(PillowMatchEnv):
+    """The env with a fixed set of allowed pool entries ANDed into its action mask (``where=``)."""
+
+    allowed: np.ndarray | None = None
+
+    def action_masks(self) -> np.ndarray:
+        mask = super().action_masks()
+        return mask if self.allowed is None else mask & self.allowed
+
+
+def _matches(example: Example, where: Mapping[str, Any]) -> bool:
+    for key, wanted in where.items():
+        value = example.metadata.get(key) if key not in ("instruction", "input", "output") else getattr(example, key)
+        if isinstance(wanted, (list, tuple, set, frozenset)) and value not in wanted:
+            return False
+        if not isinstance(wanted, (list, tuple, set, frozenset)) and value != wanted:
+            return False
+    return True
 
 
 def _trained_m(agent: Agent) -> int | None:
@@ -72,12 +106,20 @@ class Selector:
         encoder: the sentence encoder the agent observes queries with.
         candidates: restrict selection to the C pool entries nearest each query, as in training.
         renderer: an already-built :class:`PromptRenderer` (overrides ``model``).
+        exemplar_budget: the most tokens all exemplars of a prompt may take together (instruction,
+            input and output by the model's tokenizer; characters / 4 for a renderer without one).
+            Over it, the least similar exemplar is dropped until they fit (fewer shots, never an
+            over-long prompt); ``Selection.dropped`` names them. ``None``: no budget.
     """
 
     def __init__(self, agent: Agent, pool: ExampleSource = "builtin", *, shots: int | None = None,
                  model: str = DEFAULT_MODEL, encoder: str | Encoder = "minilm", candidates: int | None = None,
-                 renderer: PromptRenderer | None = None, suite_seed: int = 0) -> None:
+                 renderer: PromptRenderer | None = None, suite_seed: int = 0,
+                 exemplar_budget: int | None = None) -> None:
         agent.check_can_select()  # an untrained SB3 / RLlib agent: one line now, not at the first query
+        if exemplar_budget is not None and exemplar_budget < 0:
+            raise ValueError(f"exemplar_budget must be None or >= 0, got {exemplar_budget}")
+        self.exemplar_budget = exemplar_budget
         self.agent = agent
         self.pool = resolve_examples(pool, "pool", seed=suite_seed)
         trained = _trained_m(agent)
@@ -98,13 +140,53 @@ class Selector:
 
         return cls(load_agent(agent_dir, trusted=trusted), pool, **kwargs)
 
-    def _env(self, queries: list[Example]) -> PillowMatchEnv:
-        env = PillowMatchEnv(self.pool, queries, m=self.m, encoder=self.encoder, candidates=self.candidates)
+    def _env(self, queries: list[Example], allowed: np.ndarray | None = None) -> PillowMatchEnv:
+        env = _FilteredEnv(self.pool, queries, m=self.m, encoder=self.encoder, candidates=self.candidates)
+        env.allowed = allowed
         self.agent.prepare(env)  # learned agents check the pool fingerprint here
         return env
 
-    def select(self, queries: Example | str | Sequence[Example | str]) -> list[Selection]:
-        """Exemplars and prompt for each query (an :class:`Example` or a plain instruction string)."""
+    def allowed(self, where: Mapping[str, Any]) -> np.ndarray:
+        """The pool entries ``where`` keeps: each key (a metadata field such as ``category``, or
+        ``instruction`` / ``input`` / ``output``) equals the value, or is one of a list of values."""
+        if not isinstance(where, Mapping) or not where:
+            raise ValueError(f"where must be a non-empty dict of field -> value(s), got {where!r}")
+        fields = {"instruction", "input", "output"}.union(*(e.metadata for e in self.pool))
+        unknown = sorted(set(where) - fields)
+        if unknown:
+            raise ValueError(f"where: no pool entry has the field {unknown[0]!r} (fields: {', '.join(sorted(fields))})")
+        mask = np.array([_matches(e, where) for e in self.pool], dtype=bool)
+        if mask.sum() < self.m:
+            raise ValueError(f"where={dict(where)!r}: {int(mask.sum())} pool entries match, fewer than the "
+                             f"{self.m} exemplars to pick")
+        return mask
+
+    def _tokens(self, example: Example) -> int:
+        texts = [user_text(example), example.output]
+        tokenizer = getattr(self.renderer, "tokenizer", None)
+        if tokenizer is None:
+            return sum(math.ceil(len(t) / CHARS_PER_TOKEN) for t in texts)
+        return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+    def _fit_budget(self, indices: list[int], similarity: dict[int, float]) -> tuple[list[int], list[int]]:
+        """(kept, dropped): the least similar exemplar dropped until the rest fit ``exemplar_budget``."""
+        if self.exemplar_budget is None:
+            return indices, []
+        kept, dropped = list(indices), []
+        while kept and sum(self._tokens(self.pool[i]) for i in kept) > self.exemplar_budget:
+            worst = min(kept, key=lambda i: similarity[i])
+            kept.remove(worst)
+            dropped.append(worst)
+        return kept, dropped
+
+    def select(self, queries: Example | str | Sequence[Example | str], *,
+               where: Mapping[str, Any] | None = None) -> list[Selection]:
+        """Exemplars and prompt for each query (an :class:`Example` or a plain instruction string).
+
+        ``where`` (e.g. ``{"category": "summarization"}``, see :meth:`allowed`) masks every other pool
+        entry out of the agent's actions before it selects; an agent that does not pick through the
+        env's action mask (``listwise`` ranks sets of its own shortlist) is refused, not post-filtered.
+        """
         items = [queries] if isinstance(queries, (Example, str)) else list(queries)
         examples = []
         for i, q in enumerate(items):
@@ -116,13 +198,24 @@ class Selector:
             examples.append(example)
         if not examples:
             return []
-        env = self._env(examples)
+        allowed = None if where is None else self.allowed(where)
+        env = self._env(examples, allowed)
         chosen = self.agent.select_many(env, list(range(len(examples))))
+        keys = embed_examples(self.encoder, self.pool, with_output=False)
         out = []
-        for query, indices in zip(examples, chosen):
+        for q, (query, indices) in enumerate(zip(examples, chosen)):
+            indices = [int(i) for i in indices]
+            if allowed is not None and not allowed[indices].all():
+                raise ValueError(f"where: the {self.agent.name} agent picked pool entries outside the filter "
+                                 f"({[i for i in indices if not allowed[i]]}): it does not select through the "
+                                 "env's action mask; filter with one that does (knn, bm25, mmr, dpp, reinforce, "
+                                 "the SB3 agents)")
+            similarity = {i: float(keys[i] @ env.query_embeddings[q]) for i in indices}
+            indices, dropped = self._fit_budget(indices, similarity)
+            scores = [similarity[i] for i in indices]
             exemplars = [self.pool[i] for i in indices]
-            out.append(Selection(query, [int(i) for i in indices], exemplars, self.renderer.render(exemplars, query),
-                                 self.renderer.messages(exemplars, query)))
+            out.append(Selection(query, indices, exemplars, self.renderer.render(exemplars, query),
+                                 self.renderer.messages(exemplars, query), scores, dropped))
         return out
 
     def select_file(self, path: str | Path) -> list[Selection]:

@@ -9,7 +9,8 @@ from pathlib import Path
 from .backends import DEFAULT_MODEL
 from .engine import TRAIN_REWARDS
 
-MODEL_HELP = "the LLM: a Hugging Face name or folder, an alias (smollm2-135m-instruct), openai:URL#MODEL or vllm:NAME"
+MODEL_HELP = ("the LLM: a Hugging Face name or folder, an alias (smollm2-135m-instruct), openai:URL#MODEL, "
+              "openai-chat:URL#MODEL or vllm:NAME")
 
 
 def _agent_list(text: str) -> list[str]:

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
 PYTHON = [code for lang, code in BLOCKS if lang == "python"]
+CHAT = 'spec = "openai-chat:'  # the chat-backend block, run against a real server
 BASH = [code for lang, code in BLOCKS if lang == "bash"]
 
 
@@ -42,7 +43,7 @@ def test_the_readme_has_its_blocks():
     assert sections == order
 
 
-@pytest.mark.parametrize("index", [i for i, code in enumerate(PYTHON) if "ray" not in code])
+@pytest.mark.parametrize("index", [i for i, code in enumerate(PYTHON) if "ray" not in code and CHAT not in code])
 def test_python_block_runs_on_the_tiny_model(index, tiny_defaults, capsys):
     code = PYTHON[index].replace("2000", "16").replace("2,000", "16")
     exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "__readme__"})
@@ -61,6 +62,25 @@ def test_rllib_block_runs_against_a_real_server(index, tiny_model_dir, tmp_path)
         code = code.replace("ray.init()", "ray.init(num_cpus=2, include_dashboard=False)")
         code = code.replace("range(10)", "range(1)") + "\nalgo.stop()\nray.shutdown()\n"
         exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "__readme__"})
+
+
+@pytest.mark.parametrize("index", [i for i, code in enumerate(PYTHON) if CHAT in code])
+def test_chat_block_runs_against_a_real_servers_chat_endpoint(index, tiny_model_dir, hash_encoder, monkeypatch,
+                                                              tmp_path, capsys):
+    import pillow_env.env as env_module
+    import pillow_env.resources as resources
+    from pillow_env.backends.local_server import LocalServer
+
+    for module in (env_module, resources):
+        monkeypatch.setattr(module, "load_encoder", lambda *a, **k: hash_encoder)
+    monkeypatch.chdir(tmp_path)
+    resources.shared_engine.cache_clear()
+    with LocalServer(str(tiny_model_dir), log=tmp_path / "server.log", threads=1, startup_timeout=600) as server:
+        code = re.sub(r'spec = "[^"]+"', f'spec = "{server.chat_spec}"', PYTHON[index]).replace("2000", "8")
+        code = code.replace('split="test")', 'split="test", queries=pillow_env.builtin_suite(0).test[:4])')
+        exec(compile("import pillow_env\n" + code, f"README.md python block {index}", "exec"), {"__name__": "__readme__"})
+    resources.shared_engine.cache_clear()
+    assert capsys.readouterr().out
 
 
 def test_every_command_line_parses():

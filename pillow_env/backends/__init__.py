@@ -4,12 +4,14 @@
 |---|---|---|
 | a Hugging Face name, a local folder, or ``smollm2-135m-instruct`` | transformers in process (default) | ``hf`` |
 | ``openai:URL#MODEL`` (e.g. ``openai:http://127.0.0.1:8000/v1#my-model``) | any OpenAI-compatible server | ``openai_server`` |
+| ``openai-chat:URL#MODEL`` | any chat-completions endpoint (hosted chat models; no tokenizer, no likelihood) | ``openai_chat`` |
 | ``vllm:NAME_OR_PATH`` | vLLM in process (GPU; the ``vllm`` extra) | ``vllm_engine`` |
 
 Every backend offers what :class:`~pillow_env.backends.base.Generator` lists: batched greedy ``generate``,
 ``count_tokens``, a ``fingerprint`` of the weights and prompt format, the prompt ``renderer`` (a
-tokenizer and its chat template, rendered locally so every backend sees the same text), and
-``loglik`` where it can score likelihoods.
+tokenizer and its chat template, rendered locally so every backend sees the same text; for
+``openai-chat:`` the message list as JSON, the server applying its own template), and ``loglik``
+where it can score likelihoods.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"  # SmolLM2-135M-Instruct, shipped in a P
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """``"openai:URL#MODEL"`` -> ``("openai", "URL#MODEL")``; a plain name or path -> ``("hf", spec)``."""
-    for kind in ("openai", "vllm"):
+    for kind in ("openai", "openai-chat", "vllm"):
         if spec.startswith(kind + ":"):
             rest = spec[len(kind) + 1:]
             if not rest:
@@ -40,12 +42,13 @@ def parse_spec(spec: str) -> tuple[str, str]:
 def public_spec(spec: str) -> str:
     """The ``model`` string as it may be printed or stored: a server URL's user, password and query
     string are dropped (``openai:http://user:secret@host/v1#M`` -> ``openai:http://host/v1#M``)."""
-    if not spec.startswith("openai:"):
+    kind = next((k for k in ("openai", "openai-chat") if spec.startswith(k + ":")), None)
+    if kind is None:
         return spec
-    from .openai_server import public_url
+    from .openai_client import public_url
 
-    url, _, rest = spec[len("openai:"):].partition("#")
-    return f"openai:{public_url(url)}" + (f"#{rest}" if rest else "")
+    url, _, rest = spec[len(kind) + 1:].partition("#")
+    return f"{kind}:{public_url(url)}" + (f"#{rest}" if rest else "")
 
 
 def load_backend(spec: str, adapter: str | None = None, **kwargs: Any) -> Any:
@@ -68,6 +71,13 @@ def _load(spec: str, adapter: str | None, **kwargs: Any) -> Any:
             raise ValueError(f"model {public_spec(spec)!r}: an OpenAI-compatible server serves its own weights; load the "
                              "adapter in the server (e.g. vLLM --lora-modules) and name it after '#'")
         return OpenAIBackend.from_spec(target, **kwargs)
+    if kind == "openai-chat":
+        from .openai_chat import ChatBackend
+
+        if adapter is not None:
+            raise ValueError(f"model {public_spec(spec)!r}: a chat-completions endpoint serves its own weights; "
+                             "load the adapter in the server and name it after '#'")
+        return ChatBackend.from_spec(target, **kwargs)
     if kind == "vllm":
         from .vllm_engine import VLLMBackend
 
@@ -78,13 +88,20 @@ def _load(spec: str, adapter: str | None, **kwargs: Any) -> Any:
 
 
 def load_renderer(spec: str) -> Any:
-    """Only the prompt renderer of a ``model`` string (its tokenizer): no weights, no server call."""
+    """Only the prompt renderer of a ``model`` string (its tokenizer; for ``openai-chat:`` the message
+    renderer, which needs none): no weights, no server call."""
+    kind, target = parse_spec(spec)
+    if kind == "openai-chat":
+        from .openai_chat import ChatRenderer, split_chat_target
+
+        split_chat_target(target)  # a malformed string fails here, as it would at generation
+        return ChatRenderer()
+
     from transformers import AutoTokenizer
 
     from ..prompts import PromptRenderer
     from .hf import resolve_model
 
-    kind, target = parse_spec(spec)
     if kind == "openai":
         from .openai_server import load_tokenizer, split_target
 

@@ -49,6 +49,7 @@ class LocalServer:
         self.folder, self.port = str(folder), port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.spec = f"openai:{self.url}#{self.folder}"
+        self.chat_spec = f"openai-chat:{self.url}#{self.folder}"  # the same server's /v1/chat/completions
         self.log_path = None if log is None else Path(log)
         self._log = open(self.log_path, "ab") if self.log_path is not None else subprocess.DEVNULL
         env = dict(os.environ)

@@ -25,33 +25,24 @@ a rerun resumes.
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from ..prompts import PromptRenderer
 from .base import (BackendError, LikelihoodUnsupported, ServerRejected, ServerUnreachable, TokenizerBackend,
                    cut_at_stop, loglik_token_ids)
+from .openai_client import OpenAIClient, public_url, split_server_target
 
-__all__ = ["OpenAIBackend", "load_tokenizer", "split_target"]
+__all__ = ["OpenAIBackend", "load_tokenizer", "public_url", "split_target"]
 
 
 def split_target(target: str) -> tuple[str, str, str]:
     """``"URL#MODEL[#TOKENIZER]"`` -> (base URL, served model name, tokenizer name or path)."""
-    parts = target.split("#")
-    shown = "#".join([public_url(parts[0]), *parts[1:]])
-    if len(parts) not in (2, 3) or not all(parts):
-        raise ValueError(f"expected openai:URL#MODEL or openai:URL#MODEL#TOKENIZER, got openai:{shown!r}")
-    url, model = parts[0], parts[1]
-    if urlsplit(url).scheme not in ("http", "https"):
-        raise ValueError(f"openai:{shown!r}: the server URL must start with http:// or https://")
-    return url.rstrip("/"), model, parts[2] if len(parts) == 3 else model
+    url, model, *tokenizer = split_server_target(target, "openai", ("URL#MODEL", "URL#MODEL#TOKENIZER"))
+    return url, model, tokenizer[0] if tokenizer else model
 
 
 def load_tokenizer(name: str) -> Any:
@@ -84,15 +75,7 @@ def load_tokenizer(name: str) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
-def public_url(url: str) -> str:
-    """The URL without credentials or query string, for messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-class OpenAIBackend(TokenizerBackend):
+class OpenAIBackend(OpenAIClient, TokenizerBackend):
     """The LLM behind an OpenAI-compatible ``/v1/completions`` endpoint.
 
     Args:
@@ -108,20 +91,13 @@ class OpenAIBackend(TokenizerBackend):
     def __init__(self, base_url: str, model: str, renderer: PromptRenderer, *, api_key: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", max_retries: int = 4, timeout: float = 120.0,
                  concurrency: int = 16) -> None:
-        from openai import OpenAI
-
-        self.base_url, self.model, self.renderer = base_url.rstrip("/"), model, renderer
-        self.tokenizer = renderer.tokenizer
-        self.max_retries, self.concurrency = max_retries, concurrency
-        self._client = OpenAI(base_url=self.base_url, api_key=api_key or os.environ.get(api_key_env) or "EMPTY",
-                              max_retries=max_retries, timeout=timeout)
+        super().__init__(base_url, model, api_key=api_key, api_key_env=api_key_env, max_retries=max_retries,
+                         timeout=timeout, concurrency=concurrency)
+        self.renderer, self.tokenizer = renderer, renderer.tokenizer
         self._add_special_tokens = not renderer.use_chat_template
         self._takes_lists: bool | None = None  # detected at the first batch
         self._loglik_mode: str | None = None  # "prompt_logprobs" or "echo", detected at the first call
         self._fingerprint: str | None = None
-        self._lock = threading.Lock()
-        self._in_flight = 0
-        self.max_in_flight = 0  # the most requests this backend had open at once (observability, tests)
 
     @classmethod
     def from_spec(cls, target: str, **kwargs: Any) -> OpenAIBackend:
@@ -136,36 +112,10 @@ class OpenAIBackend(TokenizerBackend):
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def _call(self, fn: Callable[[], Any], what: str) -> Any:
-        """One API call with the client's retries; errors become one clear :class:`BackendError`."""
-        import openai
-
-        with self._lock:
-            self._in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self._in_flight)
-        try:
-            return fn()
-        except openai.APIStatusError as err:
-            message = getattr(err, "body", None) or err.message
-            raise ServerRejected(f"{public_url(self.base_url)} ({self.model}): {what} failed with HTTP "
-                                 f"{err.status_code}: {message}", err.status_code) from None
-        except (openai.APIConnectionError, openai.APITimeoutError) as err:
-            raise ServerUnreachable(f"{public_url(self.base_url)} ({self.model}): {what} failed after "
-                               f"{self.max_retries} retries: {type(err).__name__}: {err}") from None
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-
     def _complete(self, prompt: str | list[str] | list[int], **params: Any) -> list[Any]:
         response = self._call(lambda: self._client.completions.create(model=self.model, prompt=prompt, **params),
                               "completion")
         return sorted(response.choices, key=lambda c: c.index)
-
-    def _map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        if len(items) <= 1:  # nothing left (a first list request took the whole batch) or one item
-            return [fn(item) for item in items]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
-            return list(pool.map(fn, items))
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 32, *, batch_size: int = 16,
                  stop: Sequence[str] = ()) -> list[str]:
@@ -254,14 +204,6 @@ class OpenAIBackend(TokenizerBackend):
     def fingerprint(self) -> str:
         """The served model as the server reports it (id, root, owner) plus the prompt format."""
         if self._fingerprint is None:
-            listed = self._call(lambda: self._client.models.list(), "listing models")
-            served = {m.id: m for m in listed.data}
-            if self.model not in served:
-                names = ", ".join(sorted(served)[:10]) or "none"
-                raise BackendError(f"{public_url(self.base_url)} does not serve {self.model!r} (it serves: {names})")
-            entry = served[self.model]
-            extra = entry.model_extra or {}
-            identity = (entry.id, entry.owned_by, extra.get("root"), extra.get("parent"), extra.get("revision"))
-            h = hashlib.sha256(repr(("openai", identity, self.renderer.fingerprint)).encode())
+            h = hashlib.sha256(repr(("openai", self._served_identity(), self.renderer.fingerprint)).encode())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
