@@ -69,6 +69,15 @@ def _settings(config: BenchConfig, pool: list[Example], train: list[Example], te
             "test": examples_fingerprint(test)}
 
 
+def check_shots(shots: int, candidates: int | None, pool: list[Example]) -> None:
+    """``--shots`` and ``--candidates`` against the pool, in the CLI's words, before anything loads."""
+    if shots > len(pool):
+        raise ValueError(f"--shots {shots}: the pool holds only {len(pool)} exemplars")
+    if candidates is not None and candidates < shots:
+        raise ValueError(f"--candidates {candidates} must be at least --shots {shots} (a prompt takes --shots "
+                         "of the candidates)")
+
+
 def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     from agents import AGENTS
 
@@ -84,6 +93,7 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     test = resolve_examples(config.test, "test", seed=config.seed, what="--test")
     for what, examples in (("--pool", pool), ("--train", train), ("--test", test)):
         require_answers(examples, what)
+    check_shots(config.shots, config.candidates, pool)
     if config.reference is None:
         config = replace(config, reference="knn")
     elif config.reference not in config.agents:

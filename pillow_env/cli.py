@@ -120,7 +120,10 @@ def _engine_and_envs(args: argparse.Namespace, queries_source: str, part: str, s
     from .engine import SIGNAL_OF
     from .resources import make_engine, shared_backend
 
+    from .bench import check_shots
+
     pool = resolve_examples(args.pool, "pool", seed=args.seed, what="--pool")
+    check_shots(args.shots, getattr(args, "candidates", None), pool)  # before the LLM loads or a cache is made
     queries = cut_queries(resolve_examples(queries_source, part, seed=args.seed, what=f"--{part}"), f"--{part}")
     encoder = load_encoder("minilm")
     engine = make_engine(shared_backend(args.model, args.adapter), encoder, max_new_tokens=args.max_new_tokens,
