@@ -114,21 +114,27 @@ def _bench(args: argparse.Namespace) -> None:
                           train_reward=args.train_reward, reference=args.reference, splits=args.splits))
 
 
-def _engine_and_envs(args: argparse.Namespace, queries_source: str, part: str, signal: str = "pillow"):
+def _examples(args: argparse.Namespace, queries_source: str, part: str):
+    """The pool and the queries (long ones cut), with ``--shots`` / ``--candidates`` checked against the
+    pool: before the LLM loads or a cache is made."""
+    from .bench import check_shots
     from .data import cut_queries, resolve_examples
+
+    pool = resolve_examples(args.pool, "pool", seed=args.seed, what="--pool")
+    check_shots(args.shots, getattr(args, "candidates", None), pool)
+    queries = cut_queries(resolve_examples(queries_source, part, seed=args.seed, what=f"--{part}"), f"--{part}")
+    return pool, queries
+
+
+def _encoder_and_engine(args: argparse.Namespace, signal: str = "pillow"):
     from .encoder import load_encoder
     from .engine import SIGNAL_OF
     from .resources import make_engine, shared_backend
 
-    from .bench import check_shots
-
-    pool = resolve_examples(args.pool, "pool", seed=args.seed, what="--pool")
-    check_shots(args.shots, getattr(args, "candidates", None), pool)  # before the LLM loads or a cache is made
-    queries = cut_queries(resolve_examples(queries_source, part, seed=args.seed, what=f"--{part}"), f"--{part}")
     encoder = load_encoder("minilm")
     engine = make_engine(shared_backend(args.model, args.adapter), encoder, max_new_tokens=args.max_new_tokens,
                          cache_path=args.cache, signal=SIGNAL_OF[signal])
-    return pool, queries, encoder, engine
+    return encoder, engine
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -143,7 +149,8 @@ def _inspect(args: argparse.Namespace) -> None:
     count = len(resolve_examples(args.queries, "test", seed=args.seed, what="--queries"))
     if not 0 <= args.query_index < count:  # checked before the LLM loads
         raise ValueError(f"--query-index must be in [0, {count}), got {args.query_index}")
-    pool, queries, encoder, engine = _engine_and_envs(args, args.queries, "test")
+    pool, queries = _examples(args, args.queries, "test")
+    encoder, engine = _encoder_and_engine(args)
     env = PillowMatchEnv(pool, queries, m=args.shots, engine=engine, encoder=encoder)
     agent = load_agent(args.load, trusted=args.trust_pickle) if args.load else make_agent(args.agent)
     agent.prepare(env)
@@ -169,9 +176,10 @@ def _train_agent(args: argparse.Namespace) -> None:
     _sources(args, "pool", "train")
     agent = make_seeded_agent(args.agent, args.seed, **args.agent_kwargs.get(args.agent, {}))  # before the LLM
     agent.check_settings(num_envs=args.num_envs)
+    pool, queries = _examples(args, args.train, "train")
     _refuse_other_agent(args.out, agent.name)
     with claim_folder(args.out):  # created and proven writable before the LLM loads; one run at a time
-        pool, queries, encoder, engine = _engine_and_envs(args, args.train, "train", signal=args.train_reward)
+        encoder, engine = _encoder_and_engine(args, signal=args.train_reward)
         venv = PillowMatchVectorEnv(args.num_envs, pool=pool, queries=queries, m=args.shots, engine=engine,
                                     encoder=encoder, candidates=args.candidates)
         partial = args.out / PARTIAL_AGENT
@@ -214,9 +222,8 @@ def _refuse_other_agent(out: Path, name: str) -> None:
 
 def _train_backbone(args: argparse.Namespace) -> None:
     from .data import resolve_examples
-    from .training import TrainConfig, train_full, train_lora
-
     from .outputs import claim_folder
+    from .training import TrainConfig, train_full, train_lora
 
     data = resolve_examples(args.data, "train", seed=args.seed, what="--data")
     train = train_full if args.full else train_lora
@@ -423,9 +430,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .backends import BackendError
-    from .resources import set_threads
-
     from .outputs import Interrupted
+    from .resources import set_threads
 
     try:
         set_threads(args.threads)

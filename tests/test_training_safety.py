@@ -4,6 +4,7 @@ loads, keep a checkpoint at Ctrl-C (named in one line; LoRA resumes from it), ne
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -19,9 +20,17 @@ from pillow_env.training import TRAINING_RECORD, TrainConfig, train_lora
 
 
 def _cli(argv, capsys):
+    """Run the CLI: (exit code, stderr)."""
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     return exit_info.value.code, capsys.readouterr().err
+
+
+def _one_line(err: str) -> str:
+    """The command's own message, which must be a single line (progress bars aside) and no traceback."""
+    lines = re.findall(r"pillow-env [a-z-]+: .*", err)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
 
 
 @pytest.fixture
@@ -82,7 +91,7 @@ def read_only():
 def test_case4_a_read_only_out_is_refused_before_training(read_only, no_model, command):
     out = read_only / "trained"
     code, err = _as_nobody([*command, "--out", str(out)])
-    assert code == 2 and f"--out {out} is not writable" in err and len(err.strip().splitlines()) == 1, err
+    assert code == 2 and f"--out {out} is not writable" in _one_line(err)
 
 
 def test_case22_train_agent_over_another_agent_is_refused(tmp_path, capsys, no_model):
@@ -108,8 +117,7 @@ def test_case11_ctrl_c_in_train_agent_keeps_the_agent_so_far(tiny_model_dir, tmp
     out = tmp_path / "agent"
     code, err = _cli(["train-agent", "--agent", "reinforce", "--model", str(tiny_model_dir), "--episodes", "64",
                       "--num-envs", "4", "--max-new-tokens", "2", "--out", str(out)], capsys)
-    assert code == 130 and len(err.strip().splitlines()) == 1
-    assert f"interrupted: kept the agent as trained so far, in {out / 'interrupted'}" in err
+    assert code == 130 and f"interrupted: kept the agent as trained so far, in {out / 'interrupted'}" in _one_line(err)
     assert json.loads((out / "interrupted" / "agent.json").read_text())["agent"] == "reinforce"
     assert not (out / "agent.json").exists()  # --out itself holds no half-trained agent
 
@@ -122,7 +130,7 @@ def test_case11_ctrl_c_in_train_backbone_keeps_a_checkpoint_a_rerun_resumes(tiny
     data.write_text("".join(json.dumps({"instruction": f"Write {w} in capital letters.", "output": w.upper()}) + "\n"
                             for w in ("apple", "river", "candle", "garden", "planet", "silver")))
     argv = ["train-backbone", "--model", str(tiny_model_dir), "--data", str(data), "--max-steps", "4",
-            "--batch-size", "2", "--out", str(tmp_path / "lora")]
+            "--epochs", "2", "--batch-size", "2", "--out", str(tmp_path / "lora")]
     real_loss, calls = training.weighted_loss, []
 
     def loss(*args, **kwargs):
