@@ -28,9 +28,13 @@ SUITE = builtin_suite(0)
 
 def _cli(argv, capsys):
     """Run the CLI: (exit code, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
+    try:
         main(argv)
-    return exit_info.value.code, capsys.readouterr().err
+    except SystemExit as exit_info:
+        return exit_info.code, capsys.readouterr().err
+    except KeyboardInterrupt:  # uncaught, it would end the whole pytest session
+        pytest.fail("Ctrl-C escaped the CLI as a KeyboardInterrupt traceback")
+    pytest.fail(f"{argv[0]} exited normally")
 
 
 def _one_line(err: str) -> str:

@@ -21,9 +21,13 @@ from pillow_env.training import TRAINING_RECORD, TrainConfig, train_lora
 
 def _cli(argv, capsys):
     """Run the CLI: (exit code, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
+    try:
         main(argv)
-    return exit_info.value.code, capsys.readouterr().err
+    except SystemExit as exit_info:
+        return exit_info.code, capsys.readouterr().err
+    except KeyboardInterrupt:  # uncaught, it would end the whole pytest session
+        pytest.fail("Ctrl-C escaped the CLI as a KeyboardInterrupt traceback")
+    pytest.fail(f"{argv[0]} exited normally")
 
 
 def _one_line(err: str) -> str:
@@ -159,8 +163,9 @@ def _strict(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-def test_case21_records_are_strict_json(tiny_backbone, tmp_path, capsys):
-    code, err = _cli(["train-backbone", "--max-length", "1", "--out", str(tmp_path / "x")], capsys)
+def test_case21_records_are_strict_json(tiny_backbone, tiny_model_dir, tmp_path, capsys):
+    code, err = _cli(["train-backbone", "--model", str(tiny_model_dir), "--max-length", "1", "--max-steps", "1",
+                      "--out", str(tmp_path / "x")], capsys)
     assert code == 2 and "max_length must be >= 2" in err
     # Two tokens, both of the answer: no prompt token is left, so there is no generation ratio (not Infinity).
     examples = [Example("Say it.", "", "apple river candle garden planet")] * 2
