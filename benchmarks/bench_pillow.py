@@ -22,7 +22,9 @@ learning rate is a tenth of LoRA's (``--lr``), the usual ratio for full fine-tun
 ``load_examples`` reads) is filtered to records whose instruction + context fit ``--max-prompt-chars``
 and whose answer has at most ``--max-answer-words`` words, then split by ``--seed`` (stratified by
 ``category``). Writes ``OUT/results.json``, ``OUT/results.md``, ``OUT/pillow.png``, and each
-bench's full results under ``OUT/bench-{base,lora,sft}/``; re-running skips finished parts.
+bench's full results under ``OUT/bench-{base,lora,sft}/``; re-running skips finished parts. Every
+input is checked before anything is written (a folder holding other data is refused untouched), and
+one run at a time holds ``OUT`` (see :func:`pillow_env.outputs.claim_folder`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 from pillow_env.backends import DEFAULT_MODEL
 from pillow_env.bench import BenchConfig, run_bench
 from pillow_env.data import Example, examples_fingerprint, load_examples, split_examples
+from pillow_env.outputs import Interrupted, claim_folder, write_json, write_text
 from pillow_env.resources import make_engine, shared_backend
 from pillow_env.stats import paired_bootstrap
 from pillow_env.suite import SUITES, load_suite, suite_max_new_tokens
@@ -54,38 +57,77 @@ COMPARISONS = [(("lora", "listwise"), ("sft", "zero_shot")), (("lora", "listwise
                (("base", "listwise"), ("base", "knn"))]
 
 
+FILE_SIZES = (64, 256, 128)  # pool / train / test from a file, unless given
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def split_data(args: argparse.Namespace) -> tuple[list[Example], list[Example], list[Example]]:
-    """Pool / train / test: a built-in suite's parts, or a filtered, seeded split of a file."""
+    """Pool / train / test: a built-in suite's parts, or a filtered, seeded split of a file. A size
+    larger than what there is is refused, naming the option."""
+    sizes = {"--pool-size": args.pool_size, "--train-size": args.train_size, "--test-size": args.test_size}
     if args.data in SUITES:
         suite = load_suite(args.data, args.seed)
-        parts = suite.pool, suite.train, suite.test
-        sizes = (args.pool_size, args.train_size, args.test_size)
-        return tuple(list(part[:n] if n else part) for part, n in zip(parts, sizes))  # type: ignore[return-value]
+        parts = {"--pool-size": suite.pool, "--train-size": suite.train, "--test-size": suite.test}
+        for flag, n in sizes.items():
+            if n is not None and n > len(parts[flag]):
+                raise SystemExit(f"{flag} {n}: the {args.data} suite's {flag[2:-5]} part holds only "
+                                 f"{len(parts[flag])} examples")
+        return tuple(list(part if sizes[flag] is None else part[:sizes[flag]])  # type: ignore[return-value]
+                     for flag, part in parts.items())
     records = [e for e in load_examples(args.data)
                if len(e.instruction) + len(e.input) <= args.max_prompt_chars
                and 0 < len(e.output.split()) <= args.max_answer_words]
-    sizes = (args.pool_size or 64, args.train_size or 256, args.test_size or 128)
-    if sum(sizes) > len(records):
-        raise SystemExit(f"--data {args.data}: {len(records)} records pass the filters, {sum(sizes)} needed")
+    counts = [n or default for n, default in zip(sizes.values(), FILE_SIZES)]
+    if sum(counts) > len(records):
+        raise SystemExit(f"--data {args.data}: {len(records)} records pass the filters; --pool-size + --train-size "
+                         f"+ --test-size = {' + '.join(map(str, counts))} = {sum(counts)} needed")
     random.Random(args.seed).shuffle(records)
-    pool, train, test = split_examples(records, sizes, seed=args.seed)
+    pool, train, test = split_examples(records, counts, seed=args.seed)
     return pool, train, test
 
 
-def _write(path: Path, examples: list[Example]) -> str:
-    path.write_text("".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in examples))
-    return str(path)
+def _jsonl(examples: list[Example]) -> str:
+    return "".join(json.dumps(e.to_dict(), ensure_ascii=False, allow_nan=False) + "\n" for e in examples)
+
+
+def write_data(out: Path, parts: dict[str, list[Example]]) -> dict[str, str]:
+    """``OUT/data/NAME.jsonl`` for each part, after checking that none already there holds other data (an
+    earlier run with another --data, --seed, size or --dev-size): then nothing is written at all."""
+    texts = {name: _jsonl(part) for name, part in parts.items()}
+    paths = {name: out / "data" / f"{name}.jsonl" for name in parts}
+    for name, path in paths.items():
+        if path.is_file() and path.read_text(encoding="utf-8") != texts[name]:
+            raise SystemExit(f"{path} holds other data (an earlier run with another --data, --seed, size or "
+                             "--dev-size); use another --out (nothing was written)")
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    for name, path in paths.items():
+        write_text(path, texts[name])
+    return {name: str(path) for name, path in paths.items()}
+
+
+def dev_split(args: argparse.Namespace, train: list[Example]) -> tuple[list[Example], list[Example]]:
+    """The training split less its last ``--dev-size`` queries, and those (they choose the PLW)."""
+    if not 0 < args.dev_size < len(train):
+        raise SystemExit(f"--dev-size must be between 1 and the training size less one ({len(train) - 1}), "
+                         f"got {args.dev_size}")
+    return train[:-args.dev_size], train[-args.dev_size:]
 
 
 def choose_plw(args: argparse.Namespace, files: dict[str, str], train: list[Example], out: Path
                ) -> tuple[float, dict[str, float]]:
     """Each PLW value trains on the training split less its last ``--dev-size`` queries, judged by
     zero-shot reward on those (training data only: the test split is not touched)."""
-    if not 0 < args.dev_size < len(train):
-        raise SystemExit(f"--dev-size must be between 1 and the training size less one ({len(train) - 1}), "
-                         f"got {args.dev_size}")
-    fit, dev = train[:-args.dev_size], train[-args.dev_size:]
-    fit_file = _write(out / "data" / "train-less-dev.jsonl", fit)
+    _, dev = dev_split(args, train)
+    fit_file = files["train-less-dev"]
     scores: dict[str, float] = {}
     for plw in args.plw:
         folder = train_backbone("lora", args, plw, args.lora_steps, fit_file, out / "plw-selection" / f"plw-{plw:g}")
@@ -119,7 +161,7 @@ def train_backbone(kind: str, args: argparse.Namespace, plw: float, steps: int, 
     record = json.loads((folder / TRAINING_RECORD).read_text())
     cost = {"trainable_parameters": record["trainable_parameters"], "train_seconds": seconds,
             "peak_rss_mb": record["process_peak_rss_mb"], "steps": record["steps"], "settings": settings}
-    cost_file.write_text(json.dumps(cost, indent=2))
+    write_json(cost_file, cost)
     return folder
 
 
@@ -178,32 +220,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", required=True, help="a dataset file (e.g. databricks-dolly-15k.jsonl) or a "
                                                       "built-in suite: builtin, t0, selfinstruct")
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--pool-size", type=int, default=0, help="0: the suite's own (a file: 64)")
-    parser.add_argument("--train-size", type=int, default=0, help="0: the suite's own (a file: 256)")
-    parser.add_argument("--test-size", type=int, default=0, help="0: the suite's own (a file: 128)")
-    parser.add_argument("--dev-size", type=int, default=48, help="held-out training queries that choose the PLW")
-    parser.add_argument("--max-prompt-chars", type=int, default=600, help="file data: instruction + context length")
-    parser.add_argument("--max-answer-words", type=int, default=40, help="file data: answer length")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
+    parser.add_argument("--pool-size", type=_positive, default=None, help="default: the suite's own (a file: 64)")
+    parser.add_argument("--train-size", type=_positive, default=None, help="default: the suite's own (a file: 256)")
+    parser.add_argument("--test-size", type=_positive, default=None, help="default: the suite's own (a file: 128)")
+    parser.add_argument("--dev-size", type=_positive, default=48, help="held-out training queries that choose the PLW")
+    parser.add_argument("--max-prompt-chars", type=_positive, default=600,
+                        help="file data: instruction + context length")
+    parser.add_argument("--max-answer-words", type=_positive, default=40, help="file data: answer length")
+    parser.add_argument("--max-new-tokens", type=_positive, default=None,
                         help="default: the suite's (selfinstruct: 128), else 24")
     parser.add_argument("--plw", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 0.01, 0.1],
                         help="prompt-loss weights to choose from (comma-separated)")
-    parser.add_argument("--lora-steps", type=int, default=60)
-    parser.add_argument("--sft-steps", type=int, default=60)
+    parser.add_argument("--lora-steps", type=_positive, default=60)
+    parser.add_argument("--sft-steps", type=_positive, default=60)
     parser.add_argument("--lr", type=float, default=5e-4, help="LoRA learning rate (SFT uses a tenth of it)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--episodes", type=int, default=2000, help="LLM calls each listwise learner may spend")
+    parser.add_argument("--batch-size", type=_positive, default=8)
+    parser.add_argument("--lora-r", type=_positive, default=8)
+    parser.add_argument("--episodes", type=_positive, default=2000, help="LLM calls each listwise learner may spend")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pillow/run"))
     args = parser.parse_args(argv)
     if args.max_new_tokens is None:
         args.max_new_tokens = suite_max_new_tokens(args.data) or 24
     out = args.out
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    # Every input is checked before anything is written; then one run at a time holds OUT.
     pool, train_set, test = split_data(args)
-    files = {name: _write(out / "data" / f"{name}.jsonl", part)
-             for name, part in (("pool", pool), ("train", train_set), ("test", test))}
+    fit, _ = dev_split(args, train_set)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {out} is a file, not a folder")
+    try:
+        with claim_folder(out):
+            return _run(args, out, pool, train_set, test, fit)
+    except ValueError as err:  # a refused --out (in use, unwritable), a refused resume in a bench folder
+        raise SystemExit(f"bench_pillow: error: {err}") from None
+    except KeyboardInterrupt as err:  # one line, the shell's exit code for SIGINT
+        kept = f"{err.kept}, and" if isinstance(err, Interrupted) else ""
+        print(f"bench_pillow: interrupted: kept {kept} every finished part under {out} (skipped on a rerun)",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _run(args: argparse.Namespace, out: Path, pool: list[Example], train_set: list[Example], test: list[Example],
+         fit: list[Example]) -> dict[str, Any]:
+    files = write_data(out, {"pool": pool, "train": train_set, "test": test, "train-less-dev": fit})
     plw, plw_scores = choose_plw(args, files, train_set, out)
     costs: dict[str, Any] = {"base": None}
     for kind, steps in (("lora", args.lora_steps), ("sft", args.sft_steps)):
@@ -232,8 +291,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     names = {(kind, agent): setting for kind, agent, setting in ROWS}
     comparisons = [{"a": names[a], "b": names[b], "paired": compare(results, a, b)} for a, b in COMPARISONS]
     summary = {"settings": settings, "rows": rows, "comparisons": comparisons}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    (out / "results.md").write_text(table(rows, settings, comparisons))
+    write_json(out / "results.json", summary)
+    write_text(out / "results.md", table(rows, settings, comparisons))
     plot(rows, out / "pillow.png")
     print(table(rows, settings, comparisons))
     return summary

@@ -5,22 +5,25 @@ All agents share one LLM, one reward engine and one disk cache (``OUT/cache.sqli
 ``OUT/trajectories.jsonl``. Learners may train on the likelihood signal (``train_reward="loglik"``);
 evaluation always uses the generation-based ``PillowReward``. Each agent is compared with a
 reference agent (kNN by default) on the same test queries: mean difference and 95% paired
-bootstrap interval. ``results.json`` is rewritten after each agent: an interrupted run keeps every
-finished agent and, re-run with the same settings, skips them. ``splits=K`` runs all of that on K
-seeded re-splits of a built-in suite and pools the paired differences (``pool_splits``).
+bootstrap interval. One run at a time writes a results folder (a lock on ``OUT/.lock``; a second
+is refused naming the first's pid). ``results.json`` is rewritten after each agent: an interrupted
+run keeps every finished agent and, re-run with the same settings and the same weights (the
+backend's fingerprint, not the ``--model`` string), skips them; the log records of the agent it
+was killed in are cut from ``trajectories.jsonl``, as that agent runs again. ``splits=K`` runs all
+of that on K seeded re-splits of a built-in suite and pools the paired differences (``pool_splits``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .backends import DEFAULT_MODEL
-from .data import Example, examples_fingerprint, require_answers, resolve_examples
+from .data import Example, cut_queries, examples_fingerprint, require_answers, resolve_examples
+from .outputs import Interrupted, claim_folder, naming, write_json, write_text
 from .suite import suite_max_new_tokens
 
 __all__ = ["BenchConfig", "run_bench", "pool_splits"]
@@ -67,14 +70,17 @@ def _settings(config: BenchConfig, pool: list[Example], train: list[Example], te
             "test": examples_fingerprint(test)}
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)  # atomic: a kill never leaves half a results file
+def check_shots(shots: int, candidates: int | None, pool: list[Example]) -> None:
+    """``--shots`` and ``--candidates`` against the pool, in the CLI's words, before anything loads."""
+    if shots > len(pool):
+        raise ValueError(f"--shots {shots}: the pool holds only {len(pool)} exemplars")
+    if candidates is not None and candidates < shots:
+        raise ValueError(f"--candidates {candidates} must be at least --shots {shots} (a prompt takes --shots "
+                         "of the candidates)")
 
 
 def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
-    from agents import AGENTS, Budget, check_agent_kwargs, evaluate, make_seeded_agent
+    from agents import AGENTS, Budget, check_agent_kwargs
 
     unknown = [a for a in [*config.agents, *config.agent_kwargs] if a not in AGENTS]
     if unknown:
@@ -84,7 +90,7 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
             check_agent_kwargs(name, kwargs)
         except ValueError as err:
             raise ValueError(f"--agent-kwargs for {name!r}: {err}") from None
-    budget = Budget(episodes=config.episodes)
+    Budget(episodes=config.episodes)  # a NaN, infinite or non-positive budget is refused here
     if config.train_reward not in ("pillow", "loglik"):
         raise ValueError(f"train_reward must be 'pillow' or 'loglik', got {config.train_reward!r}")
     if config.max_new_tokens is None:
@@ -96,6 +102,7 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     test = resolve_examples(config.test, "test", seed=config.seed, what="--test")
     for what, examples in (("--pool", pool), ("--train", train), ("--test", test)):
         require_answers(examples, what)
+    check_shots(config.shots, config.candidates, pool)
     if config.reference is None:
         config = replace(config, reference="knn")
     elif config.reference not in config.agents:
@@ -106,19 +113,24 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     if config.train_limit is not None:
         train = train[:config.train_limit]
     # Everything that can be wrong is checked here, before the model loads and before any agent runs.
+    test, train = cut_queries(test, "--test"), cut_queries(train, "--train")
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
     from .cache import check_cache_path
 
     check_cache_path(config.cache or out / "cache.sqlite")  # before --out is created: a refusal leaves nothing
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"--out {out}: cannot create the folder ({err.strerror})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out} is not writable")
+    with claim_folder(out):  # one writer per results folder, from here to the end
+        return _run_claimed(config, out, pool, train, test, progress)
+
+
+def _run_claimed(config: BenchConfig, out: Path, pool: list[Example], train: list[Example], test: list[Example],
+                 progress: bool) -> dict[str, Any]:
+    from agents import Budget, evaluate, make_seeded_agent
+
+    budget = Budget(episodes=config.episodes)
     results_path = out / "results.json"
+    log_path = out / "trajectories.jsonl"
     settings = _settings(config, pool, train, test)
     results: dict[str, Any] = {"settings": settings, "agents": {}}
     if results_path.exists():
@@ -149,59 +161,104 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     from .resources import make_engine, shared_backend
     from .vector import PillowMatchVectorEnv
 
-    encoder = load_encoder("minilm")
-    common = {"max_new_tokens": config.max_new_tokens, "batch_size": config.num_envs,
-              "cache_path": config.cache or out / "cache.sqlite", "log_path": out / "trajectories.jsonl"}
-    backbone = shared_backend(config.model, config.adapter)
-    engine = make_engine(backbone, encoder, **common)
-    train_engine = engine if config.train_reward == "pillow" else make_engine(backbone, encoder, signal="loglik", **common)
-    if config.train_reward == "loglik":  # a server that cannot score says so now, before any agent runs
-        backbone.loglik(["Say yes."], ["yes"], mean=True)
-    test_env = PillowMatchEnv(pool, test, m=config.shots, engine=engine, encoder=encoder,
-                              candidates=config.candidates)
+    try:
+        encoder = load_encoder("minilm")
+        backbone = shared_backend(config.model, config.adapter)
+        # Resume by content: the weights' fingerprint (the cache key's), not the --model / --adapter strings.
+        fingerprint = backbone.fingerprint
+        earlier = results["settings"].get("model_fingerprint")
+        if results["agents"] and earlier != fingerprint:
+            raise ValueError(f"{results_path} was computed with other weights behind --model {config.model}"
+                             f"{' --adapter ' + config.adapter if config.adapter else ''} (fingerprint {earlier}, "
+                             f"now {fingerprint}); use another --out (nothing was overwritten)")
+        results["settings"]["model_fingerprint"] = fingerprint
+        results["options"] = _options(config, pool, train, test)
+        _drop_unfinished_trajectories(log_path, results.get("trajectories_bytes"))
+        results["trajectories_bytes"] = _size(log_path)
+        write_json(results_path, results)  # from now on a rerun knows which log records are the finished agents'
+        common = {"max_new_tokens": config.max_new_tokens, "batch_size": config.num_envs,
+                  "cache_path": config.cache or out / "cache.sqlite", "log_path": log_path}
+        engine = make_engine(backbone, encoder, **common)
+        train_engine = engine if config.train_reward == "pillow" else \
+            make_engine(backbone, encoder, signal="loglik", **common)
+        if config.train_reward == "loglik":  # a server that cannot score says so now, before any agent runs
+            backbone.loglik(["Say yes."], ["yes"], mean=True)
+        test_env = PillowMatchEnv(pool, test, m=config.shots, engine=engine, encoder=encoder,
+                                  candidates=config.candidates)
 
-    for name in config.agents:
-        if name in results["agents"]:
-            print(f"{name}: already in {results_path}, skipped")
-            continue
-        start, start_calls = time.perf_counter(), train_engine.stats.llm_calls
-        agent = agents[name]
-        log: dict[str, Any] = {}
-        if agent.learns:
-            venv = PillowMatchVectorEnv(config.num_envs, pool=pool, queries=train, m=config.shots,
-                                        engine=train_engine, encoder=encoder, candidates=config.candidates)
-            log = agent.fit(venv, Budget(episodes=config.episodes), progress=progress,
-                            tensorboard=out / "tensorboard")
-            agent.save(out / "agents" / name)
-        train_generations = train_engine.stats.llm_calls - start_calls
-        if not agent.rollouts_in_process:  # scored by its own worker processes, which count their LLM calls
-            train_generations = int(log.get("generations", 0))
-        evaluation = evaluate(agent, test_env, progress=progress)
-        record = {
-            **{k: evaluation.means.get(k, float("nan")) for k in METRICS},
-            "train_generations": train_generations,
-            "eval_generations": evaluation.generations,
-            "generations": train_generations + evaluation.generations,
-            "episodes": log.get("episodes", 0),
-            "wall_seconds": time.perf_counter() - start,
-            "curve": log.get("history", []),
-            "per_query": evaluation.per_query,
-        }
-        results["agents"][name] = record
-        _write_json(results_path, results)
-        print(f"{name}: reward {record['reward']:.3f}  ROUGE-L {record['rouge_l']:.3f}  "
-              f"generations {record['generations']}  {record['wall_seconds']:.0f} s")
+        for name in config.agents:
+            if name in results["agents"]:
+                print(f"{name}: already in {results_path}, skipped")
+                continue
+            start, start_calls = time.perf_counter(), train_engine.stats.llm_calls
+            agent = agents[name]
+            log: dict[str, Any] = {}
+            if agent.learns:
+                venv = PillowMatchVectorEnv(config.num_envs, pool=pool, queries=train, m=config.shots,
+                                            engine=train_engine, encoder=encoder, candidates=config.candidates)
+                log = agent.fit(venv, Budget(episodes=config.episodes), progress=progress,
+                                tensorboard=out / "tensorboard")
+                with naming(out / "agents" / name):
+                    agent.save(out / "agents" / name)
+            train_generations = train_engine.stats.llm_calls - start_calls
+            if not agent.rollouts_in_process:  # scored by its own worker processes, which count their LLM calls
+                train_generations = int(log.get("generations", 0))
+            evaluation = evaluate(agent, test_env, progress=progress)
+            record = {
+                **{k: evaluation.means.get(k) for k in METRICS},  # None (null): a metric the reward did not give
+                "train_generations": train_generations,
+                "eval_generations": evaluation.generations,
+                "generations": train_generations + evaluation.generations,
+                "episodes": log.get("episodes", 0),
+                "wall_seconds": time.perf_counter() - start,
+                "curve": log.get("history", []),
+                "per_query": evaluation.per_query,
+            }
+            results["agents"][name] = record
+            results["trajectories_bytes"] = _size(log_path)
+            write_json(results_path, results)
+            print(f"{name}: reward {_num(record['reward'])}  ROUGE-L {_num(record['rouge_l'])}  "
+                  f"generations {record['generations']}  {record['wall_seconds']:.0f} s")
+    except KeyboardInterrupt:
+        done = list(results["agents"])
+        raise Interrupted(f"{len(done)} finished agent(s) ({', '.join(done) or 'none'}) in {results_path}; "
+                          "rerun the same command to do the rest") from None
 
     add_paired(results, config.reference)
     results["engine"] = engine.stats.as_dict()
     if train_engine is not engine:
         results["train_engine"] = train_engine.stats.as_dict()
-    _write_json(results_path, results)
-    (out / "results.md").write_text(results_table(results))
-    plot_curves(results, out / "curves.png")
+    write_json(results_path, results)
+    write_text(out / "results.md", results_table(results))
+    with naming(out / "curves.png"):
+        plot_curves(results, out / "curves.png")
     print(results_table(results))
     print(f"wrote {results_path}, {out / 'results.md'}, {out / 'curves.png'}")
     return results
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _drop_unfinished_trajectories(log_path: Path, kept_bytes: Any) -> None:
+    """Cut ``trajectories.jsonl`` back to where the last finished agent left it: the records after that
+    are a killed run's unfinished agent, which the rerun trains again (and would log twice)."""
+    size = _size(log_path)
+    if not isinstance(kept_bytes, int) or isinstance(kept_bytes, bool) or not 0 <= kept_bytes < size:
+        return
+    with open(log_path, "rb+") as f:
+        f.seek(kept_bytes)
+        dropped = sum(1 for line in f if line.strip())
+        f.truncate(kept_bytes)
+    print(f"{log_path}: dropped {dropped} record(s) of the interrupted run's unfinished agent (it is run again)")
+
+
+def _options(config: BenchConfig, pool: list[Example], train: list[Example], test: list[Example]) -> dict[str, Any]:
+    """The options behind the run as given (sources, limits, agents): what ``results.md`` states."""
+    return {"pool": config.pool, "train": config.train, "test": config.test, "train_limit": config.train_limit,
+            "test_limit": config.test_limit, "sizes": {"pool": len(pool), "train": len(train), "test": len(test)},
+            "agents": list(config.agents), "reference": config.reference, "splits": config.splits}
 
 
 def _run_splits(config: BenchConfig, *, progress: bool) -> dict[str, Any]:
@@ -222,11 +279,15 @@ def _run_splits(config: BenchConfig, *, progress: bool) -> dict[str, Any]:
             raise ValueError(f"{summary_file} is not the pooled summary of an earlier --splits run; move it away or "
                              "use another --out (nothing was overwritten)")
     cache = config.cache or str(out / "cache.sqlite")  # one cache for every split
-    runs = [run_bench(replace(config, seed=seed, splits=1, out=str(out / f"split-{seed}"), cache=cache),
-                      progress=progress) for seed in range(config.seed, config.seed + config.splits)]
-    summary = pool_splits(runs, config.reference or "knn")
-    _write_json(out / "results.json", summary)
-    (out / "results.md").write_text(pooled_table(summary))
+    from .cache import check_cache_path
+
+    check_cache_path(cache)  # before --out is created: a refusal leaves nothing
+    with claim_folder(out):
+        runs = [run_bench(replace(config, seed=seed, splits=1, out=str(out / f"split-{seed}"), cache=cache),
+                          progress=progress) for seed in range(config.seed, config.seed + config.splits)]
+        summary = pool_splits(runs, config.reference or "knn")
+        write_json(out / "results.json", summary)
+        write_text(out / "results.md", pooled_table(summary))
     print(pooled_table(summary))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'} (each split under {out}/split-SEED)")
     return summary
@@ -249,6 +310,7 @@ def pool_splits(runs: list[dict[str, Any]], reference: str) -> dict[str, Any]:
                     strata.append(k)
             pooled[name] = paired_bootstrap(diffs, strata=strata)
     return {"settings": {**runs[0]["settings"], "seeds": [r["settings"]["seed"] for r in runs]},
+            "options": {**runs[0].get("options", {}), "splits": len(runs)},
             "reference": reference if pooled else None,
             "splits": [{"seed": r["settings"]["seed"], "reward": {n: r["agents"][n]["reward"] for n in names},
                         "paired": {n: r.get("paired", {}).get(n) for n in names}} for r in runs],
@@ -258,8 +320,8 @@ def pool_splits(runs: list[dict[str, Any]], reference: str) -> dict[str, Any]:
 
 def pooled_table(summary: dict[str, Any]) -> str:
     reference, seeds = summary["reference"], summary["settings"]["seeds"]
-    lines = [f"{len(seeds)} splits (seeds {', '.join(map(str, seeds))}), "
-             f"model `{summary['settings']['model']}`, {summary['settings']['shots']} shots.", "",
+    lines = [f"{len(seeds)} splits (seeds {', '.join(map(str, seeds))}) of the built-in suite.",
+             *_describe(summary["settings"], summary.get("options", {})), "",
              "| agent | " + " | ".join(f"split {s}" for s in seeds) +
              f" | mean | pooled vs {reference or 'reference'} [95% CI] | paired queries |",
              "|---|" + "---|" * (len(seeds) + 3)]
@@ -286,22 +348,43 @@ def add_paired(results: dict[str, Any], reference: str) -> None:
         results["paired"][name] = paired_bootstrap(diffs)
 
 
+def _num(value: Any) -> str:
+    """A metric for a table: three decimals, or ``-`` where the reward did not give it (``null``)."""
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _describe(s: dict[str, Any], o: dict[str, Any]) -> list[str]:
+    """Every option that shaped a run, in words (what ``results.md`` must say for a reader to rerun it)."""
+    adapter = f" + adapter `{s['adapter']}`" if s.get("adapter") else ""
+    fingerprint = f" (weights fingerprint {s['model_fingerprint']})" if s.get("model_fingerprint") else ""
+
+    def part(name: str) -> str:
+        limit = o.get(f"{name}_limit")
+        size = o.get("sizes", {}).get(name)
+        return (f"{name} `{o.get(name, '?')}`" + (f" (first {limit})" if limit else "") +
+                (f": {size}" if size is not None else ""))
+
+    kwargs = json.dumps(s.get("agent_kwargs") or {}, sort_keys=True)
+    actions = f"restricted to the {s['candidates']} nearest exemplars" if s.get("candidates") else "over the whole pool"
+    return [f"Model `{s['model']}`{adapter}{fingerprint}; {s['shots']} shots; max_new_tokens {s['max_new_tokens']}; "
+            f"seed {s['seed']}.",
+            f"Data: {', '.join(part(n) for n in ('pool', 'train', 'test'))} examples.",
+            f"Training: {s['episodes']} episodes per learning agent (listwise: LLM calls), {s['num_envs']} episodes "
+            f"per batched call, train reward `{s.get('train_reward', 'pillow')}`, actions {actions}, "
+            f"agent kwargs `{kwargs}`."]
+
+
 def results_table(results: dict[str, Any]) -> str:
-    s = results["settings"]
     reference = results.get("reference")
-    train = " (trained on the likelihood signal)" if s.get("train_reward") == "loglik" else ""
-    shortlist = f", actions restricted to the {s['candidates']} nearest exemplars" if s.get("candidates") else ""
-    lines = [f"Model `{s['model']}`{' + adapter ' + str(s['adapter']) if s['adapter'] else ''}, "
-             f"{s['shots']} shots, {s['episodes']} training episodes per learning agent{train}{shortlist}, "
-             f"seed {s['seed']}.", "",
+    lines = [*_describe(results["settings"], results.get("options", {})), "",
              f"| agent | reward | vs {reference or 'reference'} [95% paired CI] | ROUGE-L | "
              "semantic | exact match | LLM calls (train + eval) | wall s |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in results["agents"].items():
         d = results.get("paired", {}).get(name)
         paired = f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d and reference != name else "-"
-        lines.append(f"| {name} | {r['reward']:.3f} | {paired} | {r['rouge_l']:.3f} | {r['semantic']:.3f} | "
-                     f"{r['exact_match']:.3f} | {r['train_generations']} + {r['eval_generations']} | "
+        lines.append(f"| {name} | {_num(r['reward'])} | {paired} | {_num(r['rouge_l'])} | {_num(r['semantic'])} | "
+                     f"{_num(r['exact_match'])} | {r['train_generations']} + {r['eval_generations']} | "
                      f"{r['wall_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 

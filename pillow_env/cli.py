@@ -116,20 +116,30 @@ def _bench(args: argparse.Namespace) -> None:
                           train_reward=args.train_reward, reference=args.reference, splits=args.splits))
 
 
-def _engine_and_envs(args: argparse.Namespace, queries_source: str, part: str, signal: str = "pillow"):
-    from .data import resolve_examples
+def _examples(args: argparse.Namespace, queries_source: str, part: str):
+    """The pool and the queries (long ones cut), with ``--shots`` / ``--candidates`` checked against the
+    pool: before the LLM loads or a cache is made."""
+    from .bench import check_shots
+    from .data import cut_queries, resolve_examples
+
+    pool = resolve_examples(args.pool, "pool", seed=args.seed, what="--pool")
+    check_shots(args.shots, getattr(args, "candidates", None), pool)
+    queries = cut_queries(resolve_examples(queries_source, part, seed=args.seed, what=f"--{part}"), f"--{part}")
+    return pool, queries
+
+
+def _encoder_and_engine(args: argparse.Namespace, queries_source: str, signal: str = "pillow"):
+    """The encoder and the engine; ``max_new_tokens`` is ``--max-new-tokens`` or the suite's budget."""
     from .encoder import load_encoder
     from .engine import SIGNAL_OF
     from .resources import make_engine, shared_backend
     from .suite import suite_max_new_tokens
 
-    pool = resolve_examples(args.pool, "pool", seed=args.seed, what="--pool")
-    queries = resolve_examples(queries_source, part, seed=args.seed, what=f"--{part}")
     encoder = load_encoder("minilm")
     budget = args.max_new_tokens if args.max_new_tokens is not None else suite_max_new_tokens(queries_source) or 24
     engine = make_engine(shared_backend(args.model, args.adapter), encoder, max_new_tokens=budget,
                          cache_path=args.cache, signal=SIGNAL_OF[signal])
-    return pool, queries, encoder, engine
+    return encoder, engine
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -146,7 +156,8 @@ def _inspect(args: argparse.Namespace) -> None:
         raise ValueError(f"--query-index must be in [0, {count}), got {args.query_index}")
     agent = load_agent(args.load, trusted=args.trust_pickle) if args.load else make_agent(args.agent)
     agent.check_can_select()  # an untrained SB3 / RLlib agent: one line, before the LLM loads
-    pool, queries, encoder, engine = _engine_and_envs(args, args.queries, "test")
+    pool, queries = _examples(args, args.queries, "test")
+    encoder, engine = _encoder_and_engine(args, args.queries)
     env = PillowMatchEnv(pool, queries, m=args.shots, engine=engine, encoder=encoder)
     agent.prepare(env)
     selection = agent.select(env, args.query_index)
@@ -161,35 +172,76 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 def _train_agent(args: argparse.Namespace) -> None:
+    import shutil
+
     from agents import Budget, make_seeded_agent
 
+    from .outputs import Interrupted, claim_folder, naming
     from .vector import PillowMatchVectorEnv
 
     _sources(args, "pool", "train")
     agent = make_seeded_agent(args.agent, args.seed, **args.agent_kwargs.get(args.agent, {}))  # before the LLM
     agent.check_settings(num_envs=args.num_envs, budget=Budget(episodes=args.episodes))
-    pool, queries, encoder, engine = _engine_and_envs(args, args.train, "train", signal=args.train_reward)
-    venv = PillowMatchVectorEnv(args.num_envs, pool=pool, queries=queries, m=args.shots, engine=engine,
-                                encoder=encoder, candidates=args.candidates)
-    log = agent.fit(venv, Budget(episodes=args.episodes), tensorboard=args.tensorboard)
-    path = agent.save(args.out)
+    pool, queries = _examples(args, args.train, "train")
+    _refuse_other_agent(args.out, agent.name)
+    with claim_folder(args.out):  # created and proven writable before the LLM loads; one run at a time
+        encoder, engine = _encoder_and_engine(args, args.train, signal=args.train_reward)
+        venv = PillowMatchVectorEnv(args.num_envs, pool=pool, queries=queries, m=args.shots, engine=engine,
+                                    encoder=encoder, candidates=args.candidates)
+        partial = args.out / PARTIAL_AGENT
+        try:
+            log = agent.fit(venv, Budget(episodes=args.episodes), tensorboard=args.tensorboard)
+        except KeyboardInterrupt:
+            try:
+                agent.save(partial)
+            except Exception as err:  # noqa: BLE001 - whatever stops a half-trained agent saving, say it
+                raise Interrupted(f"nothing (the agent could not be saved mid-training: {err})") from None
+            raise Interrupted(f"the agent as trained so far, in {partial} (short of its --episodes budget; "
+                              f"a rerun trains from the start)") from None
+        with naming(args.out):
+            path = agent.save(args.out)
+        shutil.rmtree(partial, ignore_errors=True)  # an earlier interrupted run's, superseded
     print(f"trained {agent.name}: {log.get('episodes', 0)} episodes, {log.get('generations', 0)} LLM generations; "
           f"saved to {path}")
 
 
+PARTIAL_AGENT = "interrupted"  # train-agent's subfolder for an agent saved at Ctrl-C
+
+
+def _refuse_other_agent(out: Path, name: str) -> None:
+    """``--out`` holding another agent is refused: saving over it would mix two agents' files."""
+    import json
+
+    from agents.base import CONFIG_NAME
+
+    config = out / CONFIG_NAME
+    if not config.is_file():
+        return
+    try:
+        saved = json.loads(config.read_text(encoding="utf-8")).get("agent")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        saved = None
+    if saved != name:
+        raise ValueError(f"--out {out} holds a saved {saved or 'unreadable'} agent ({config}); training "
+                         f"{name} there would mix their files: remove it or give another --out")
+
+
 def _train_backbone(args: argparse.Namespace) -> None:
     from .data import resolve_examples
+    from .outputs import claim_folder
     from .training import TrainConfig, train_full, train_lora
 
     data = resolve_examples(args.data, "train", seed=args.seed, what="--data")
     train = train_full if args.full else train_lora
-    train(args.model, data, TrainConfig(plw=args.plw, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                        grad_accum=args.grad_accum, max_length=args.max_length, seed=args.seed,
-                                        lora_r=args.lora_r, max_steps=args.max_steps),
-          output_dir=args.out)
+    config = TrainConfig(plw=args.plw, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                         grad_accum=args.grad_accum, max_length=args.max_length, seed=args.seed,
+                         lora_r=args.lora_r, max_steps=args.max_steps)
+    with claim_folder(args.out):  # created and proven writable before the model loads; one run at a time
+        train(args.model, data, config, output_dir=args.out)
 
 
 def _select(args: argparse.Namespace) -> None:
+    import contextlib
     import json
     import os
 
@@ -197,7 +249,8 @@ def _select(args: argparse.Namespace) -> None:
 
     from agents.selector import Selector
 
-    from .data import load_examples, parse_json_line, parse_record
+    from .data import cut_queries, load_examples, parse_json_line, parse_record
+    from .outputs import Interrupted, naming
 
     out = None if str(args.out) == "-" else Path(args.out)
     if out is not None:
@@ -207,45 +260,49 @@ def _select(args: argparse.Namespace) -> None:
                 raise ValueError(f"--out {out} is also {flag}: give another output file")
         if out.is_dir():
             raise ValueError(f"--out {out} is a folder; give a file path")
-    # Inputs are read and the selector loaded before any output exists: a failure leaves --out as it was.
-    queries = None if args.queries == "-" else load_examples(args.queries, require_output=False)
+    # Inputs are read and the selector loaded before any output exists; the answers go to a temporary
+    # file renamed over --out at the end (a file of queries or a stream alike): a failure or Ctrl-C
+    # leaves --out as it was. To stdout, each line of a stream is answered as it arrives.
+    queries = None if args.queries == "-" else cut_queries(load_examples(args.queries, require_output=False),
+                                                             "--queries")
     selector = Selector.load(args.agent_dir, args.pool, trusted=args.trust_pickle, shots=args.shots,
                              model=args.model, candidates=args.candidates, suite_seed=args.seed)
-    # A file of queries is answered whole or not at all (a temporary file, renamed at the end); a stream
-    # from stdin is answered line by line as it arrives, straight into --out.
-    tmp = None if out is None or queries is None else out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    f = sys.stdout if out is None else open(tmp or out, "w", encoding="utf-8")
-
-    def write(batch) -> None:
-        for selection in selector.select(batch):
-            f.write(json.dumps(selection.to_dict(), ensure_ascii=False) + "\n")
-        f.flush()
-
+    tmp = None if out is None else out.with_name(f".{out.name}.{os.getpid()}.tmp")
     count = 0
     try:
-        if queries is None:  # stream: answer each line as it arrives
-            for lineno, line in enumerate(sys.stdin, start=1):
-                if not line.strip():
-                    continue
-                where = f"<stdin>:{lineno}"
-                record = parse_json_line(line, where)  # a byte-order mark dropped, as in files
-                write([parse_record({"instruction": record} if isinstance(record, str) else record, where,
-                                    require_output=False)])
-                count += 1
-        else:
-            for lo in tqdm(range(0, len(queries), args.batch_size), desc="select", unit="batch", disable=out is None):
-                write(queries[lo:lo + args.batch_size])
-            count = len(queries)
-    except BaseException:
-        if out is not None:
-            f.close()
+        with contextlib.nullcontext(sys.stdout) if tmp is None else open(tmp, "w", encoding="utf-8") as f:
+            def write(batch) -> None:
+                for selection in selector.select(batch):
+                    f.write(json.dumps(selection.to_dict(), ensure_ascii=False, allow_nan=False) + "\n")
+                f.flush()
+
+            with naming(out or "<stdout>"):
+                if queries is None:  # stream: answer each line as it arrives
+                    for lineno, line in enumerate(sys.stdin, start=1):
+                        if not line.strip():
+                            continue
+                        where = f"<stdin>:{lineno}"
+                        record = parse_json_line(line, where)  # a byte-order mark dropped, as in files
+                        query = parse_record({"instruction": record} if isinstance(record, str) else record, where,
+                                             require_output=False)
+                        write(cut_queries([query], where))
+                        count += 1
+                else:
+                    for lo in tqdm(range(0, len(queries), args.batch_size), desc="select", unit="batch",
+                                   disable=out is None):
+                        write(queries[lo:lo + args.batch_size])
+                    count = len(queries)
+        if tmp is not None:
+            with naming(out):
+                os.replace(tmp, out)
+    except KeyboardInterrupt:
+        kept = f"the {count} selection(s) already printed" if out is None else \
+            f"nothing: --out {out} is as it was ({count} selection(s) made were not written)"
+        raise Interrupted(kept) from None
+    finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
-        raise
     if out is not None:
-        f.close()
-        if tmp is not None:
-            os.replace(tmp, out)
         print(f"wrote {count} selections to {out}", file=sys.stderr)
 
 
@@ -378,14 +435,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .backends import BackendError
+    from .outputs import Interrupted
     from .resources import set_threads
 
     try:
         set_threads(args.threads)
         args.func(args)
+    except KeyboardInterrupt as err:  # Ctrl-C: one line saying what was kept, the shell's exit code for SIGINT
+        if args.debug:
+            raise
+        kept = err.kept if isinstance(err, Interrupted) else "nothing"
+        print(f"pillow-env {args.command}: interrupted: kept {kept}", file=sys.stderr)
+        raise SystemExit(130) from None
     except (OSError, ValueError, ImportError, BackendError) as err:
         if args.debug:
             raise
+        where = getattr(args, "out", None)
+        if isinstance(err, OSError) and err.filename is None and where is not None:
+            err = f"{err} (writing under --out {where})"  # a full disk names no file of its own
         print(f"pillow-env {args.command}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

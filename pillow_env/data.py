@@ -26,11 +26,16 @@ __all__ = [
     "parse_json_line",
     "parse_record",
     "split_examples",
+    "cut_queries",
+    "MAX_QUERY_CHARS",
     "examples_fingerprint",
     "require_answers",
     "resolve_examples",
     "unique_pool",
 ]
+
+
+MAX_QUERY_CHARS = 16_384  # see cut_queries
 
 
 class DataError(ValueError):
@@ -263,10 +268,12 @@ def split_examples(
     *,
     stratify: bool = True,
 ) -> list[list[Example]]:
-    """Shuffle by ``seed`` and cut into consecutive parts (e.g. pool / train / test).
+    """Shuffle by ``seed`` and cut into parts (e.g. pool / train / test).
 
-    ``sizes`` are counts, or fractions summing to at most 1. With ``stratify`` the examples are
-    interleaved by task first, so every part sees every task in proportion.
+    ``sizes`` are counts, or fractions summing to at most 1. With ``stratify`` each part takes every
+    task (``Example.task``) in its share of the whole: 80 open_qa + 8 summarization + 8
+    classification cut 24 / 24 / 24 gives each part 20 / 2 / 2 (largest remainders settle the
+    rounding), not 24 open_qa to the parts a round-robin deal happens to cut last.
     """
     n = len(examples)
     counts = [int(round(s * n)) if isinstance(s, float) else int(s) for s in sizes]
@@ -275,22 +282,51 @@ def split_examples(
     rng = random.Random(seed)
     order = list(examples)
     rng.shuffle(order)
-    if stratify:
-        by_task: dict[str | None, list[Example]] = {}
-        for ex in order:
-            by_task.setdefault(ex.task, []).append(ex)
-        # Round-robin over tasks, then cut: each part gets every task in proportion.
-        interleaved: list[Example] = []
-        queues = list(by_task.values())
-        while queues:
-            interleaved.extend(q.pop() for q in queues)
-            queues = [q for q in queues if q]
-        order = interleaved
-    parts, start = [], 0
+    if not stratify:
+        starts = [sum(counts[:k]) for k in range(len(counts))]
+        return [order[a:a + c] for a, c in zip(starts, counts)]
+    by_task: dict[str | None, list[int]] = {}
+    for position, ex in enumerate(order):
+        by_task.setdefault(ex.task, []).append(position)
+    left = {task: len(positions) for task, positions in by_task.items()}
+    taken = {task: 0 for task in by_task}
+    parts = []
     for c in counts:
-        parts.append(order[start:start + c])
-        start += c
+        # This part's share of each task, in proportion to what is left (so later parts keep theirs).
+        total = sum(left.values())
+        quota = {task: c * k / total if total else 0.0 for task, k in left.items()}
+        share = {task: int(q) for task, q in quota.items()}
+        by_remainder = sorted(quota, key=lambda t: (share[t] - quota[t], by_task[t][0]))
+        for task in by_remainder[:c - sum(share.values())]:
+            share[task] += 1
+        chosen = []
+        for task, k in share.items():
+            chosen += by_task[task][taken[task]:taken[task] + k]
+            taken[task] += k
+            left[task] -= k
+        parts.append([order[position] for position in sorted(chosen)])  # shuffled order, tasks mixed
     return parts
+
+
+def cut_queries(queries: Sequence[Example], what: str, max_chars: int = MAX_QUERY_CHARS) -> list[Example]:
+    """``queries`` with any instruction or input longer than ``max_chars`` characters cut to it, with one
+    warning naming ``what``, the first such query and the count.
+
+    The renderer cuts a query to ``max_query_tokens`` (1,024) tokens; this cut comes before any
+    tokenizer or encoder sees the text, so a 50 MB query costs what 16,384 characters cost, and
+    results store the cut text. 16 characters per token is more than ordinary text's tokens hold,
+    so for such text the renderer's token cut still decides what the model reads.
+    """
+    out, cut = [], []
+    for index, q in enumerate(queries):
+        if len(q.instruction) > max_chars or len(q.input) > max_chars:
+            cut.append(index)
+            q = Example(q.instruction[:max_chars], q.input[:max_chars], q.output, q.metadata)
+        out.append(q)
+    if cut:
+        warnings.warn(f"{what}: {len(cut)} quer{'y' if len(cut) == 1 else 'ies'} longer than {max_chars:,} "
+                      f"characters cut to it (first: #{cut[0]}, {queries[cut[0]].instruction[:40]!r})", stacklevel=2)
+    return out
 
 
 def examples_fingerprint(examples: Iterable[Example]) -> str:

@@ -14,14 +14,17 @@ across it) counts as completion: it carries answer text the model must learn to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import resource
 import shutil
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from tqdm import tqdm
 
 from .backends.hf import Backbone
 from .data import Example, examples_fingerprint
+from .outputs import Interrupted, naming, prepare_folder, write_json
 from .prompts import PromptRenderer
 
 __all__ = ["TrainConfig", "tokenize_weighted", "weighted_loss", "train_lora", "train_full", "TRAINING_RECORD"]
@@ -63,6 +67,8 @@ class TrainConfig:
             raise ValueError(f"plw must be in [0, 1], got {self.plw}")
         if self.epochs <= 0 and not self.max_steps:
             raise ValueError("epochs must be > 0 (or set max_steps)")
+        if self.max_length < 2:  # position 0 is never a target: one token leaves nothing to learn
+            raise ValueError(f"max_length must be >= 2 (a sequence needs a token to predict), got {self.max_length}")
 
 
 @dataclass
@@ -144,13 +150,15 @@ def train_lora(base: str | Backbone, examples: Sequence[Example], config: TrainC
 
     Writes the peft adapter (``save_pretrained``, safetensors) and ``pillow_training.json`` (base
     model, plw, data fingerprint, generation ratio Rg, loss curve) to ``output_dir``. A checkpoint
-    is kept every ``checkpoint_every`` steps; with ``resume`` an interrupted run continues from it.
+    is kept every ``checkpoint_every`` steps, and at Ctrl-C (:class:`~pillow_env.outputs.Interrupted`
+    names it); with ``resume`` an interrupted run continues from it.
     """
     from peft import LoraConfig, get_peft_model
 
     config = config or TrainConfig()
     if exemplars is not None and len(exemplars) != len(examples):
         raise ValueError(f"exemplars has {len(exemplars)} entries for {len(examples)} examples")
+    prepare_folder(output_dir, "output_dir")  # a read-only location fails now, not after training
     backbone = base if isinstance(base, Backbone) else Backbone.from_pretrained(base)
     torch.manual_seed(config.seed)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
@@ -167,11 +175,13 @@ def train_full(base: str | Backbone, examples: Sequence[Example], config: TrainC
 
     Writes the whole model and its tokenizer (``save_pretrained``, safetensors), loadable as a
     ``model=`` folder, plus ``pillow_training.json``. No mid-run checkpoints: a full copy of the
-    weights per checkpoint is not worth it at this scale; an interrupted run starts again.
+    weights per checkpoint is not worth it at this scale; a rerun starts again. Ctrl-C keeps the
+    weights so far in ``output_dir/checkpoint`` (loadable as a model folder), named in the message.
     """
     config = config or TrainConfig()
     if exemplars is not None and len(exemplars) != len(examples):
         raise ValueError(f"exemplars has {len(exemplars)} entries for {len(examples)} examples")
+    prepare_folder(output_dir, "output_dir")  # a read-only location fails now, not after training
     backbone = base if isinstance(base, Backbone) else Backbone.from_pretrained(base)
     torch.manual_seed(config.seed)
     for parameter in backbone.model.parameters():
@@ -217,39 +227,48 @@ def _fit(backbone: Backbone, model: Any, examples: Sequence[Example], config: Tr
     bar = tqdm(total=total_steps, initial=step, desc=f"{'LoRA' if checkpoints else 'SFT'} plw={config.plw:g}",
                unit="step", disable=not progress)
     tokens_seen, started = 0, time.perf_counter()
-    while step < total_steps:
-        chunk = [sequences[i] for i in order[step * per_step:(step + 1) * per_step]]
-        normalizer = sum(sum(s.weights) for s in chunk)  # sum of w over the whole optimizer step
-        optimizer.zero_grad()
-        step_loss = 0.0
-        for lo in range(0, len(chunk), micro):
-            batch = collate(chunk[lo:lo + micro], pad)
-            logits = model(input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device)).logits
-            loss = weighted_loss(logits, batch["input_ids"].to(device), batch["weights"].to(device),
-                                 normalizer=max(normalizer, 1e-8))
-            loss.backward()
-            step_loss += loss.item()
-            tokens_seen += int(batch["attention_mask"].sum())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        curve.append({"step": step, "loss": step_loss})
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}")
-        if checkpoints and step % config.checkpoint_every == 0 and step < total_steps:
-            _save_checkpoint(model, optimizer, scheduler, checkpoint, step, curve, config, examples, save_file)
+    try:
+        while step < total_steps:
+            chunk = [sequences[i] for i in order[step * per_step:(step + 1) * per_step]]
+            normalizer = sum(sum(s.weights) for s in chunk)  # sum of w over the whole optimizer step
+            optimizer.zero_grad()
+            step_loss = 0.0
+            for lo in range(0, len(chunk), micro):
+                batch = collate(chunk[lo:lo + micro], pad)
+                logits = model(input_ids=batch["input_ids"].to(device),
+                               attention_mask=batch["attention_mask"].to(device)).logits
+                loss = weighted_loss(logits, batch["input_ids"].to(device), batch["weights"].to(device),
+                                     normalizer=max(normalizer, 1e-8))
+                loss.backward()
+                step_loss += loss.item()
+                tokens_seen += int(batch["attention_mask"].sum())
+            with _uninterrupted():  # the weights and the step count change together, or not at all
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                curve.append({"step": step, "loss": step_loss})
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}")
+            if checkpoints and step % config.checkpoint_every == 0 and step < total_steps:
+                _save_checkpoint(model, optimizer, scheduler, checkpoint, step, curve, config, examples, save_file)
+    except KeyboardInterrupt:
+        bar.close()
+        raise Interrupted(_keep_at_interrupt(backbone, model, optimizer, scheduler, checkpoint, step, total_steps,
+                                             curve, config, examples, checkpoints, save_file)) from None
     bar.close()
     seconds = time.perf_counter() - started
 
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    with naming(out):
+        model.save_pretrained(out, safe_serialization=True)
     prompt_tokens = np.mean([s.prompt_tokens for s in sequences])
     completion_tokens = np.mean([s.completion_tokens for s in sequences])
+    # Rg = completion / prompt tokens; null (not Infinity, which is no JSON) when no prompt token was kept
+    ratio = float(completion_tokens / prompt_tokens) if prompt_tokens > 0 else None
     record = {"base_model": backbone.name, "plw": config.plw, "data_fingerprint": examples_fingerprint(examples),
-              "examples": len(examples), "generation_ratio": float(completion_tokens / prompt_tokens),
+              "examples": len(examples), "generation_ratio": ratio,
               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "method": "lora" if checkpoints else "full",
               # the process's peak resident memory so far: the cost of training when it ran in its own process
@@ -257,9 +276,42 @@ def _fit(backbone: Backbone, model: Any, examples: Sequence[Example], config: Tr
               "mean_prompt_tokens": float(prompt_tokens), "mean_completion_tokens": float(completion_tokens),
               "steps": step, "train_seconds": seconds, "tokens_per_second": tokens_seen / max(seconds, 1e-9),
               "config": _jsonable(config), "loss_curve": curve}
-    (out / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
+    write_json(out / TRAINING_RECORD, record)
     shutil.rmtree(checkpoint, ignore_errors=True)
     return out
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until it ends (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _keep_at_interrupt(backbone, model, optimizer, scheduler, checkpoint: Path, step: int, total_steps: int, curve,
+                       config, examples, resumable: bool, save_file) -> str:
+    """Save what Ctrl-C stopped: LoRA a checkpoint the rerun resumes from, full fine-tuning its weights so
+    far (a rerun starts again: no optimizer state is kept for every weight); the sentence says which."""
+    if step == 0:
+        return "nothing (stopped before the first optimizer step)"
+    if resumable:
+        _save_checkpoint(model, optimizer, scheduler, checkpoint, step, curve, config, examples, save_file)
+        return f"a checkpoint after step {step} of {total_steps} in {checkpoint}; rerun the same command to resume"
+    model.eval()
+    with naming(checkpoint):
+        model.save_pretrained(checkpoint, safe_serialization=True)
+        backbone.tokenizer.save_pretrained(checkpoint)
+    return (f"the weights after step {step} of {total_steps} in {checkpoint} (loadable as --model; full "
+            "fine-tuning does not resume, a rerun starts again)")
 
 
 def _jsonable(config: TrainConfig) -> dict[str, Any]:
@@ -276,7 +328,7 @@ def _save_checkpoint(model, optimizer, scheduler, folder: Path, step: int, curve
     save_file(trainable, str(tmp / "adapter.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "curve": curve, "config": _jsonable(config),
-                                                "data": examples_fingerprint(examples)}))
+    write_json(tmp / "state.json", {"step": step, "curve": curve, "config": _jsonable(config),
+                                    "data": examples_fingerprint(examples)}, indent=None)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import Example
+from .outputs import naming
 
 __all__ = ["TrajectoryLog", "Trajectory", "ReadReport", "example_key", "read_trajectories"]
 
@@ -51,16 +52,17 @@ class TrajectoryLog:
         if not lines:
             return
         data = "".join(lines).encode()
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            end = os.fstat(fd).st_size
-            if end and os.pread(fd, 1, end - 1) != b"\n":
-                data = b"\n" + data
-            while data:  # one call; more only if the disk is full mid-write
-                data = data[os.write(fd, data):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with naming(self.path):  # a full disk's [Errno 28] names no file of its own
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                end = os.fstat(fd).st_size
+                if end and os.pread(fd, 1, end - 1) != b"\n":
+                    data = b"\n" + data
+                while data:  # one call; more only if the disk is full mid-write
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _finite_rewards(record: Mapping[str, Any]) -> bool:
