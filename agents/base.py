@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import inspect
 import json
-import warnings
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,18 +30,12 @@ HISTORY_NAME = "history.json"
 @dataclass(frozen=True)
 class Budget:
     """How much a learning agent may spend: episodes and/or LLM calls (generations plus likelihood
-    passes: the scarce resource). ``generations=`` is the old name of ``llm_calls`` (deprecated)."""
+    passes: the scarce resource)."""
 
     episodes: int | None = None
     llm_calls: int | None = None
-    generations: int | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.generations is not None and self.llm_calls is None:
-            warnings.warn("Budget(llm_calls=N) is deprecated: use Budget(llm_calls=N)", DeprecationWarning,
-                          stacklevel=3)
-            object.__setattr__(self, "llm_calls", self.generations)
-        object.__setattr__(self, "generations", self.llm_calls)  # for code that still reads the old name
         if self.episodes is None and self.llm_calls is None:
             raise ValueError("Budget needs episodes or llm_calls (or both)")
         for name in ("episodes", "llm_calls"):
@@ -120,27 +113,21 @@ class Agent(ABC):
     @classmethod
     def holds(cls, saved_name: str) -> bool:
         """Whether a folder saved under ``saved_name`` is an agent of this class."""
-        return saved_name == cls.name
+        return saved_name == getattr(cls, "name", None)
 
     @classmethod
     def load(cls, path: str | Path, *, trusted: bool = False) -> Agent:
         """Rebuild a saved agent of this class (``agents.load_agent(dir)`` loads whatever a folder holds).
 
         Our own weights are safetensors + JSON and load from any folder. SB3 agents are SB3 zips, which
-        SB3 unpickles: they load only with ``trusted=True``, for folders you made yourself.
+        SB3 unpickles: they load only with ``trusted=True``, for folders you made yourself. A config
+        holding an option this class no longer takes is refused, naming it (no silent upgrade).
         """
-        if cls is Agent:  # kept for code written before load_agent; the registry is imported only here
-            from .registry import load_agent
-
-            warnings.warn("Agent.load(folder) is deprecated: use agents.load_agent(folder)", DeprecationWarning,
-                          stacklevel=2)
-            return load_agent(path, trusted=trusted)
         path = Path(path)
         saved, config, config_file = read_saved(path)
         if not cls.holds(saved):
             raise ValueError(f"{path} holds a saved {saved!r} agent, not a {cls.__name__}; "
                              "load it with agents.load_agent(folder)")
-        config = cls.upgrade_config(config, str(config_file))
         check_arguments(cls, config, f"{config_file}: config does not fit agent {saved!r}")
         try:
             agent = cls(**config)
@@ -155,19 +142,15 @@ class Agent(ABC):
         except (FileNotFoundError, PermissionError, ValueError):
             raise  # our own refusals (e.g. an untrusted pickle) say what they are
         except Exception as err:  # safetensors, torch and SB3 raise their own types for a damaged file
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            lines = [line.strip() for line in str(err).strip().splitlines()] or [type(err).__name__]
+            keys = [line for line in lines if "key(s) in state_dict" in line]  # torch names the keys it met
+            first = "; ".join(keys) if keys else lines[0]
             raise ValueError(f"{path}: the saved weights do not load with {CONFIG_NAME}'s settings (damaged, or "
                              f"edited by hand?): {type(err).__name__}: {first}") from None
         return agent
 
     def _load_weights(self, path: Path, trusted: bool = False) -> None:
         """Learners read their weights here (``trusted``: the folder may hold pickles)."""
-
-    @classmethod
-    def upgrade_config(cls, config: dict[str, Any], where: str) -> dict[str, Any]:
-        """A saved config in today's form: agents whose options were renamed or retired map them here
-        (raising ``ValueError`` naming ``where`` when a retired option was in use)."""
-        return config
 
 
 def read_saved(path: Path) -> tuple[str, dict[str, Any], Path]:

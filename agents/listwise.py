@@ -56,7 +56,6 @@ __all__ = ["ListwiseAgent"]
 
 MAX_ENUMERATED_SETS = 4096
 MODELS = ("matching", "linear")
-RETIRED = {"balanced": False, "explore_temperature": None, "refine": 0.0}  # options measured and removed
 
 
 class ListwiseAgent(Agent):
@@ -77,8 +76,7 @@ class ListwiseAgent(Agent):
         train_reward: what scores the explored sets (the CLI's ``--train-reward``). ``"loglik"``
             (default): the reference's likelihood through the env's LLM, whatever the env's own reward
             (cheaper than a generation); a backend that cannot score likelihoods falls back to the env's
-            reward with a warning. ``"pillow"``: the env's reward. (``signal=`` is its old name,
-            ``"env"`` the old spelling of ``"pillow"``: both accepted, deprecated.)
+            reward with a warning. ``"pillow"``: the env's reward.
         margin: selection keeps kNN's set unless the model's best set beats it by at least this much in
             score (0: always the best-ranked set). Default per model: 0 for the ranker, 0.5 for the
             network. Applies where all sets are ranked.
@@ -98,7 +96,7 @@ class ListwiseAgent(Agent):
                  batch_queries: int = 16, hidden: int = 256, temperature: float = 0.1,
                  train_reward: str = "loglik", margin: float | None = None, logs: tuple[str, ...] | list[str] = (),
                  seed: int = 0, pool_fingerprint: str | None = None, chosen_epochs: int | None = None,
-                 chosen_penalty: float | None = None, signal: str | None = None) -> None:
+                 chosen_penalty: float | None = None) -> None:
         if candidates < 1:
             raise ValueError(f"ListwiseAgent: candidates must be >= 1, got {candidates}")
         if model not in MODELS:
@@ -109,10 +107,6 @@ class ListwiseAgent(Agent):
             raise ValueError(f"ListwiseAgent: penalties must be a non-empty list of numbers > 0, got {penalties}")
         if not target_temperature > 0:
             raise ValueError(f"ListwiseAgent: target_temperature must be > 0, got {target_temperature}")
-        if signal is not None:
-            warnings.warn("ListwiseAgent(signal=...) is deprecated: use train_reward='loglik' or 'pillow'",
-                          DeprecationWarning, stacklevel=2)
-            train_reward = {"env": "pillow"}.get(signal, signal)
         if train_reward not in TRAIN_REWARDS:
             raise ValueError(f"ListwiseAgent: train_reward must be one of {', '.join(TRAIN_REWARDS)}, "
                              f"got {train_reward!r}")
@@ -142,22 +136,6 @@ class ListwiseAgent(Agent):
                 "margin": self.margin, "logs": self.logs, "seed": self.seed,
                 "pool_fingerprint": self.pool_fingerprint, "chosen_epochs": self.chosen_epochs,
                 "chosen_penalty": self.chosen_penalty}
-
-    @classmethod
-    def upgrade_config(cls, config: dict[str, Any], where: str) -> dict[str, Any]:
-        """Folders saved before the retired options were removed load when those options were off."""
-        config = dict(config)
-        for key, off in RETIRED.items():
-            if key in config:
-                value = config.pop(key)
-                if value != off:
-                    raise ValueError(f"{where}: listwise option {key!r} was removed (it measured no gain: "
-                                     f"benchmarks/results/listwise-variants.md); this agent was trained with "
-                                     f"{key}={value!r}")
-        if "signal" in config:  # the old name of train_reward
-            signal = config.pop("signal")
-            config["train_reward"] = {"env": "pillow"}.get(signal, signal)
-        return config
 
     def prepare(self, env) -> None:
         if self.net is not None:

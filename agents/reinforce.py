@@ -64,15 +64,6 @@ class ReinforceAgent(Agent):
                 "max_grad_norm": self.max_grad_norm, "seed": self.seed,
                 "pool_fingerprint": self.pool_fingerprint}
 
-    @classmethod
-    def upgrade_config(cls, config: dict[str, Any], where: str) -> dict[str, Any]:
-        """Folders saved before ``pretrain`` was removed load when it was off."""
-        config = dict(config)
-        if config.pop("pretrain", 0.0) != 0.0:
-            raise ValueError(f"{where}: reinforce option 'pretrain' was removed (it measured no gain: "
-                             "benchmarks/results/listwise-variants.md); this agent was trained with it")
-        return config
-
     def check_settings(self, *, num_envs: int) -> None:
         if num_envs % self.group_size:
             raise ValueError(f"reinforce: num_envs ({num_envs}) must be a multiple of group_size ({self.group_size})")

@@ -242,7 +242,9 @@ class RLlibPPOAgent(Agent):
         file = path / WEIGHTS_NAME
         if not file.is_file():
             raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME} (not a saved rllib_ppo agent)")
-        self.state = load_file(str(file))
-        if "net.prompts" not in self.state:  # saved by the MLP policy (the default before the matching network)
-            self.policy = "mlp"
+        state = load_file(str(file))
+        if ("net.prompts" in state) != (self.policy == "matching"):
+            saved = "the matching network" if "net.prompts" in state else "an MLP (no 'net.prompts' key)"
+            raise ValueError(f"{file} holds {saved}, but agent.json says policy={self.policy!r}")
+        self.state = state
         self.history = load_history(path)

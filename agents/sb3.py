@@ -161,14 +161,6 @@ class _MatchingHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net.score_states(features)
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        """Reads heads saved before it was a ``MatchingNetwork`` (``prompts``, ``prompt_mlp.0.weight``, ...)."""
-        for old in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + "net.")]:
-            rest = old[len(prefix):]
-            new = rest if rest == "prompts" else rest.replace("_mlp.", "_mlp.net.", 1)
-            state_dict[prefix + "net." + new] = state_dict.pop(old)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
 
 class _MatchingHeadMixin:
     """Replaces an actor-critic policy's action head by PILLOW's matching network, the same module and

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from agents import load_agent, Budget, ReinforceAgent, SB3Agent, evaluate, make_agent
+from agents import load_agent, Budget, ListwiseAgent, ReinforceAgent, SB3Agent, evaluate, make_agent
 from pillow_env import Example, builtin_suite
 from pillow_env.engine import RewardEngine
 from pillow_env.env import PillowMatchEnv
@@ -137,12 +137,48 @@ def test_matching_policy_head_trains(engine, hash_encoder, tmp_path):
         SB3Agent("dqn", policy="matching")
 
 
+def test_sb3_heads_saved_under_old_key_names_are_refused_naming_the_keys(engine, hash_encoder, tmp_path):
+    """Heads saved before the head was a MatchingNetwork (``action_net.prompt_mlp.0.weight``) are not renamed
+    on load: one line names the keys."""
+    import io
+    import zipfile
+
+    import torch
+
+    agent = SB3Agent("ppo")
+    agent.fit(vec(engine, hash_encoder), Budget(episodes=16), progress=False)
+    folder = agent.save(tmp_path / "ppo")
+    with zipfile.ZipFile(folder / "model.zip") as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    state = torch.load(io.BytesIO(files["policy.pth"]), weights_only=True)
+    old = {k.replace("action_net.net.", "action_net.", 1).replace("_mlp.net.", "_mlp."): v for k, v in state.items()}
+    assert "action_net.prompt_mlp.0.weight" in old
+    buffer = io.BytesIO()
+    torch.save(old, buffer)
+    files["policy.pth"] = buffer.getvalue()
+    with zipfile.ZipFile(folder / "model.zip", "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    with pytest.raises(ValueError, match="Unexpected key\\(s\\) in state_dict: \"action_net.prompt") as err:
+        load_agent(folder, trusted=True)
+    assert "\n" not in str(err.value)
+
+
 def test_generation_budget_is_respected(engine, hash_encoder):
     log = ReinforceAgent().fit(vec(engine, hash_encoder), Budget(llm_calls=10), progress=False)
     assert 10 <= log["generations"] <= 10 + 4
-    with pytest.warns(DeprecationWarning, match="llm_calls"):
-        old = Budget(generations=10)  # the old name
-    assert old == Budget(llm_calls=10) and old.generations == 10
+
+def test_removed_names_are_refused_not_translated():
+    """``generations=`` and ``signal=`` were renamed before 0.1.0: refused, naming the argument."""
+    with pytest.raises(TypeError, match="generations"):
+        Budget(generations=5)
+    with pytest.raises(TypeError, match="generations"):
+        Budget(generations=5, llm_calls=10)
+    assert not hasattr(Budget(llm_calls=10), "generations")
+    with pytest.raises(TypeError, match="signal"):
+        ListwiseAgent(signal="env", train_reward="loglik")
+    with pytest.raises(ValueError, match="unknown argument\\(s\\) signal"):
+        make_agent("listwise", signal="env")
 
 
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "maskable_ppo"])

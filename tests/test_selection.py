@@ -261,33 +261,25 @@ def test_listwise_trains_on_logged_episodes(hash_encoder, tmp_path):
     assert log["scored_sets"] > 60 and logged >= 250
 
 
-def test_retired_options_load_when_off_and_are_refused_when_used(engine, hash_encoder, tmp_path):
+def test_folders_saved_with_removed_options_are_refused_naming_the_key(engine, hash_encoder, tmp_path):
     import json
 
     from agents import ReinforceAgent
 
     venv = PillowMatchVectorEnv(4, pool=POOL, queries=TRAIN, engine=engine, encoder=hash_encoder)
-    for agent, retired in ((ListwiseAgent(epochs=1), {"balanced": True, "refine": 0.4, "explore_temperature": 0.1}),
-                           (ReinforceAgent(), {"pretrain": 0.5})):
+    for agent, removed in ((ListwiseAgent(epochs=1), {"balanced": False, "refine": 0.0, "explore_temperature": None,
+                                                      "signal": "env"}),
+                           (ReinforceAgent(), {"pretrain": 0.0})):
         agent.fit(venv, Budget(episodes=16), progress=False)
         folder = agent.save(tmp_path / agent.name)
         record = json.loads((folder / "agent.json").read_text())
-        off = {"balanced": False, "refine": 0.0, "explore_temperature": None, "pretrain": 0.0}
-        record["config"].update({k: off[k] for k in retired})
-        if agent.name == "listwise":  # the old name and spelling of the training signal
-            record["config"]["signal"] = "env"
-            del record["config"]["train_reward"]
-        (folder / "agent.json").write_text(json.dumps(record))
-        loaded = load_agent(folder)
-        assert loaded.name == agent.name and getattr(loaded, "train_reward", "pillow") == "pillow"
-        for key, value in retired.items():
-            record["config"][key] = value
-            (folder / "agent.json").write_text(json.dumps(record))
-            with pytest.raises(ValueError, match=f"agent.json: {agent.name} option '{key}' was removed"):
+        assert load_agent(folder).name == agent.name
+        for key, value in removed.items():  # even at the value that once meant "off"
+            (folder / "agent.json").write_text(json.dumps({**record, "config": {**record["config"], key: value}}))
+            with pytest.raises(ValueError, match=f"agent.json: config does not fit agent '{agent.name}': "
+                                                 f"unknown argument\\(s\\) {key};") as err:
                 load_agent(folder)
-            record["config"][key] = off[key]
-    with pytest.warns(DeprecationWarning, match="train_reward"):
-        assert ListwiseAgent(signal="env").train_reward == "pillow"
+            assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="train_reward must be one of pillow, loglik"):
         ListwiseAgent(train_reward="env")
 
