@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,7 +21,7 @@ from pillow_env.data import examples_fingerprint
 from pillow_env.env import PillowMatchEnv
 from pillow_env.vector import PillowMatchVectorEnv
 
-__all__ = ["Agent", "Budget", "check_arguments", "check_pool", "read_saved", "unwrap", "unwrap_vector"]
+__all__ = ["Agent", "Budget", "FitRecord", "check_arguments", "check_pool", "read_saved", "unwrap", "unwrap_vector"]
 
 CONFIG_NAME = "agent.json"
 HISTORY_NAME = "history.json"
@@ -46,6 +46,24 @@ class Budget:
     def exhausted(self, episodes: int, llm_calls: int) -> bool:
         return ((self.episodes is not None and episodes >= self.episodes)
                 or (self.llm_calls is not None and llm_calls >= self.llm_calls))
+
+
+@dataclass
+class FitRecord:
+    """What one ``fit`` did, each field meaning the same for every learner.
+
+    ``episodes``: episodes rolled out (for listwise: exemplar sets scored, cached ones included);
+    ``llm_calls``: what the LLM was asked for on this fit's behalf (generations plus likelihood
+    passes, cache hits excluded; for learners whose rollouts run in other processes, as their
+    runners count them); ``history``: one point per update, each with at least ``episodes`` and
+    ``reward`` (the training curve); ``extras``: what only this learner reports (listwise's chosen
+    setting, RLlib's per-runner counts, ...).
+    """
+
+    episodes: int = 0
+    llm_calls: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def unwrap(env: gym.Env | gym.vector.VectorEnv) -> PillowMatchEnv | PillowMatchVectorEnv:
@@ -85,10 +103,10 @@ class Agent(ABC):
     def check_settings(self, *, num_envs: int) -> None:
         """Raise ``ValueError`` now if this agent cannot train with these settings (before any long work)."""
 
-    def fit(self, env: gym.Env | gym.vector.VectorEnv, budget: Budget | None = None, **kwargs: Any) -> dict[str, Any]:
-        """Learn from ``env`` within ``budget``; returns a training log. Non-learners only prepare."""
+    def fit(self, env: gym.Env | gym.vector.VectorEnv, budget: Budget | None = None, **kwargs: Any) -> FitRecord:
+        """Learn from ``env`` within ``budget``; returns what it did. Non-learners only prepare."""
         self.prepare(unwrap(env))
-        return {}
+        return FitRecord()
 
     def prepare(self, env: PillowMatchEnv | PillowMatchVectorEnv) -> None:
         """Hook for agents that precompute something from the pool (kNN, BM25)."""

@@ -17,11 +17,12 @@ __all__ = ["Evaluation", "evaluate"]
 
 @dataclass
 class Evaluation:
-    """Per-query records (query, chosen pool indices, generation, reward components) and means."""
+    """Per-query records (query, chosen pool indices, generation, reward components), means, and the
+    LLM calls the scoring made (cache hits excluded)."""
 
     agent: str
     per_query: list[dict[str, Any]] = field(default_factory=list)
-    generations: int = 0
+    llm_calls: int = 0
 
     @property
     def means(self) -> dict[str, float]:
@@ -53,5 +54,5 @@ def evaluate(agent: Agent, env: PillowMatchEnv, query_indices: list[int] | None 
                                      "exemplars": [env.pool[a].instruction + " | " + env.pool[a].input for a in sel],
                                      "generation": s.generation, "reference": s.reference,
                                      "reward": float(s.reward), **{k: float(v) for k, v in s.components.items()}})
-    result.generations = env.engine.stats.llm_calls - before
+    result.llm_calls = env.engine.stats.llm_calls - before
     return result

@@ -31,7 +31,7 @@ from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples
 from pillow_env.vector import PillowMatchVectorEnv
 
-from .base import Agent, Budget, check_pool, greedy_rollout, unwrap_vector
+from .base import Agent, Budget, FitRecord, check_pool, greedy_rollout, unwrap_vector
 from .matching import MatchingNetwork
 
 __all__ = ["SB3VecEnv", "SB3Agent", "MatchingPolicy", "MaskableMatchingPolicy", "ALGORITHMS"]
@@ -102,12 +102,12 @@ class SB3VecEnv(VecEnv):
 
 
 class _BudgetCallback(BaseCallback):
-    """Stops training when the generation budget is spent; logs generations and cache hits; tqdm bar."""
+    """Stops training when the budget is spent; logs LLM calls and cache hits; tqdm bar."""
 
     def __init__(self, engine, budget: Budget, m: int, progress: bool, desc: str) -> None:
         super().__init__()
         self.engine, self.budget, self.m, self.progress, self.desc = engine, budget, m, progress, desc
-        self.start_generations = engine.stats.llm_calls
+        self.start_calls = engine.stats.llm_calls
         self.start_hits = engine.stats.cache_hits
         self.history: list[dict[str, float]] = []
         self._returns: list[float] = []
@@ -115,23 +115,23 @@ class _BudgetCallback(BaseCallback):
     def _on_training_start(self) -> None:
         total = self.budget.episodes or self.budget.llm_calls
         self.bar = tqdm(total=total, desc=self.desc, disable=not self.progress,
-                        unit="episode" if self.budget.episodes else "generation")
+                        unit="episode" if self.budget.episodes else "LLM call")
 
     def _on_step(self) -> bool:
-        generations = self.engine.stats.llm_calls - self.start_generations
+        llm_calls = self.engine.stats.llm_calls - self.start_calls
         episodes = self.num_timesteps // self.m
         for info in self.locals.get("infos", []):
             if "episode" in info:
                 self._returns.append(float(info["episode"]["r"]))
         if len(self._returns) >= self.training_env.num_envs:
             reward = float(np.mean(self._returns))
-            self.history.append({"episodes": episodes, "generations": generations, "reward": reward})
+            self.history.append({"episodes": episodes, "llm_calls": llm_calls, "reward": reward})
             self._returns = []
-        self.logger.record("pillow/generations", generations)
+        self.logger.record("pillow/llm_calls", llm_calls)
         self.logger.record("pillow/cache_hits", self.engine.stats.cache_hits - self.start_hits)
-        self.bar.n = min(episodes if self.budget.episodes else generations, self.bar.total)
+        self.bar.n = min(episodes if self.budget.episodes else llm_calls, self.bar.total)
         self.bar.refresh()
-        return not self.budget.exhausted(episodes, generations)
+        return not self.budget.exhausted(episodes, llm_calls)
 
     def _on_training_end(self) -> None:
         self.bar.close()
@@ -255,7 +255,7 @@ class SB3Agent(Agent):
             check_pool(env, self.pool_fingerprint)
 
     def fit(self, env, budget: Budget | None = None, *, tensorboard: str | Path | None = None,
-            progress: bool = True, **kwargs: Any) -> dict[str, Any]:
+            progress: bool = True, **kwargs: Any) -> FitRecord:
         venv = unwrap_vector(env, "SB3Agent.fit")
         if venv.envs[0].observation != "embedding":
             raise ValueError("SB3 agents need observation='embedding'")
@@ -281,8 +281,8 @@ class SB3Agent(Agent):
         total = (budget.episodes or budget.llm_calls or 0) * m * 2 + venv.num_envs * m * 8
         self.model.learn(total_timesteps=total, callback=callback, tb_log_name=self.algo)
         self.history = callback.history
-        return {"episodes": self.model.num_timesteps // m,
-                "generations": venv.engine.stats.llm_calls - callback.start_generations, "history": self.history}
+        return FitRecord(self.model.num_timesteps // m, venv.engine.stats.llm_calls - callback.start_calls,
+                         self.history)
 
     @torch.no_grad()
     def scores(self, obs: dict[str, Any]) -> np.ndarray:

@@ -73,13 +73,15 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
-    from agents import AGENTS, Budget, evaluate, make_seeded_agent
+    from agents import AGENTS, Budget, FitRecord, evaluate, make_seeded_agent
 
     unknown = [a for a in [*config.agents, *config.agent_kwargs] if a not in AGENTS]
     if unknown:
         raise ValueError(f"unknown agent(s) {', '.join(unknown)}; valid agents: {', '.join(AGENTS)}")
-    if config.train_reward not in ("pillow", "loglik"):
-        raise ValueError(f"train_reward must be 'pillow' or 'loglik', got {config.train_reward!r}")
+    from .engine import TRAIN_REWARDS
+
+    if config.train_reward not in TRAIN_REWARDS:
+        raise ValueError(f"train_reward must be one of {', '.join(TRAIN_REWARDS)}, got {config.train_reward!r}")
     if config.splits > 1:
         return _run_splits(config, progress=progress)
     pool = resolve_examples(config.pool, "pool", seed=config.seed, what="--pool")
@@ -120,6 +122,10 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
         except (ValueError, UnicodeDecodeError) as err:
             raise ValueError(f"{results_path} is not a results file of an earlier run ({err}); move it away or use "
                              "another --out (nothing was overwritten)") from None
+        older = [n for n, r in previous["agents"].items() if isinstance(r, dict) and "train_llm_calls" not in r]
+        if older:
+            raise ValueError(f"{results_path}: agent {older[0]!r} has no 'train_llm_calls' (written by an older "
+                             "version); use another --out (nothing was overwritten)")
         differing = [k for k, v in settings.items() if previous.get("settings", {}).get(k) != v]
         if differing:
             raise ValueError(f"{results_path} holds a run with different {', '.join(differing)}; "
@@ -157,31 +163,31 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
             continue
         start, start_calls = time.perf_counter(), train_engine.stats.llm_calls
         agent = agents[name]
-        log: dict[str, Any] = {}
+        log = FitRecord()
         if agent.learns:
             venv = PillowMatchVectorEnv(config.num_envs, pool=pool, queries=train, m=config.shots,
                                         engine=train_engine, encoder=encoder, candidates=config.candidates)
             log = agent.fit(venv, Budget(episodes=config.episodes), progress=progress,
                             tensorboard=out / "tensorboard")
             agent.save(out / "agents" / name)
-        train_generations = train_engine.stats.llm_calls - start_calls
+        train_calls = train_engine.stats.llm_calls - start_calls
         if not agent.rollouts_in_process:  # scored by its own worker processes, which count their LLM calls
-            train_generations = int(log.get("generations", 0))
+            train_calls = log.llm_calls
         evaluation = evaluate(agent, test_env, progress=progress)
         record = {
             **{k: evaluation.means.get(k, float("nan")) for k in METRICS},
-            "train_generations": train_generations,
-            "eval_generations": evaluation.generations,
-            "generations": train_generations + evaluation.generations,
-            "episodes": log.get("episodes", 0),
+            "train_llm_calls": train_calls,
+            "eval_llm_calls": evaluation.llm_calls,
+            "llm_calls": train_calls + evaluation.llm_calls,
+            "episodes": log.episodes,
             "wall_seconds": time.perf_counter() - start,
-            "curve": log.get("history", []),
+            "curve": log.history,
             "per_query": evaluation.per_query,
         }
         results["agents"][name] = record
         _write_json(results_path, results)
         print(f"{name}: reward {record['reward']:.3f}  ROUGE-L {record['rouge_l']:.3f}  "
-              f"generations {record['generations']}  {record['wall_seconds']:.0f} s")
+              f"LLM calls {record['llm_calls']}  {record['wall_seconds']:.0f} s")
 
     add_paired(results, config.reference)
     results["engine"] = engine.stats.as_dict()
@@ -292,7 +298,7 @@ def results_table(results: dict[str, Any]) -> str:
         d = results.get("paired", {}).get(name)
         paired = f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d and reference != name else "-"
         lines.append(f"| {name} | {r['reward']:.3f} | {paired} | {r['rouge_l']:.3f} | {r['semantic']:.3f} | "
-                     f"{r['exact_match']:.3f} | {r['train_generations']} + {r['eval_generations']} | "
+                     f"{r['exact_match']:.3f} | {r['train_llm_calls']} + {r['eval_llm_calls']} | "
                      f"{r['wall_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 

@@ -168,7 +168,7 @@ def _train_agent(args: argparse.Namespace) -> None:
                                 encoder=encoder, candidates=args.candidates)
     log = agent.fit(venv, Budget(episodes=args.episodes), tensorboard=args.tensorboard)
     path = agent.save(args.out)
-    print(f"trained {agent.name}: {log.get('episodes', 0)} episodes, {log.get('generations', 0)} LLM generations; "
+    print(f"trained {agent.name}: {log.episodes} episodes, {log.llm_calls} LLM calls; "
           f"saved to {path}")
 
 

@@ -44,7 +44,7 @@ def test_every_agent_fits_selects_saves_and_loads(name, engine, hash_encoder, tm
         assert len(sel) == (0 if name == "zero_shot" else 2) and len(set(sel)) == len(sel)
         assert all(0 <= a < len(POOL) for a in sel)
     if agent.learns:
-        assert log["episodes"] >= 16 and log["generations"] >= 1
+        assert log.episodes >= 16 and log.llm_calls >= 1
     agent.save(tmp_path / name)
     if isinstance(agent, SB3Agent):  # SB3 zips are pickles: refused unless the caller trusts the folder
         with pytest.raises(ValueError, match="pickle.*trusted=True"):
@@ -107,14 +107,14 @@ def test_reinforce_learns_the_best_pair_per_query_class(hash_encoder):
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
     optimal = [{pool[a].input for a in agent.select(env, i)} == best[q.metadata["cls"]]
                for i, q in enumerate(queries)]
-    assert np.mean(optimal) >= 0.9, f"optimal selections {np.mean(optimal):.2f}; last rewards {log['history'][-3:]}"
-    assert log["history"][-1]["reward"] > log["history"][0]["reward"]
+    assert np.mean(optimal) >= 0.9, f"optimal selections {np.mean(optimal):.2f}; last rewards {log.history[-3:]}"
+    assert log.history[-1]["reward"] > log.history[0]["reward"]
 
 
 def test_reinforce_is_reproducible(engine, hash_encoder):
     logs = [ReinforceAgent(seed=3).fit(vec(engine, hash_encoder), Budget(episodes=16), progress=False)
             for _ in range(2)]
-    assert [h["reward"] for h in logs[0]["history"]] == [h["reward"] for h in logs[1]["history"]]
+    assert [h["reward"] for h in logs[0].history] == [h["reward"] for h in logs[1].history]
 
 
 @pytest.mark.parametrize("algo", ["ppo", "maskable_ppo"])
@@ -123,7 +123,7 @@ def test_sb3_trains_through_batched_generations(algo, tiny_backbone, hash_encode
     agent = SB3Agent(algo)
     log = agent.fit(vec(engine, hash_encoder, n=4), Budget(episodes=32), progress=False)
     assert engine.stats.max_batch > 1 and engine.stats.backend_calls < engine.stats.generations
-    assert log["episodes"] >= 32
+    assert log.episodes >= 32
 
 
 def test_matching_policy_head_trains(engine, hash_encoder, tmp_path):
@@ -166,7 +166,7 @@ def test_sb3_heads_saved_under_old_key_names_are_refused_naming_the_keys(engine,
 
 def test_generation_budget_is_respected(engine, hash_encoder):
     log = ReinforceAgent().fit(vec(engine, hash_encoder), Budget(llm_calls=10), progress=False)
-    assert 10 <= log["generations"] <= 10 + 4
+    assert 10 <= log.llm_calls <= 10 + 4
 
 def test_removed_names_are_refused_not_translated():
     """``generations=`` and ``signal=`` were renamed before 0.1.0: refused, naming the argument."""
