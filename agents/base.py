@@ -1,8 +1,9 @@
 """The agent protocol: fit within a budget, select exemplars for a query, save, load.
 
-Every agent selects through an env's state transitions (``begin_reset`` / ``begin_step``), which
-never call the LLM: selection is free, only scoring costs generations. So a kNN retriever, a random
-picker and a PPO policy are evaluated by the very same code.
+Every agent selects from what the env shows of a state (``observation_for`` / ``action_mask_for``),
+without resetting or stepping the env it is handed and without an LLM call: selection is free, only
+scoring costs LLM calls. So a kNN retriever, a random picker and a PPO policy are evaluated by the
+very same code.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pillow_env.data import examples_fingerprint
 from pillow_env.env import PillowMatchEnv
 from pillow_env.vector import PillowMatchVectorEnv
 
-__all__ = ["Agent", "Budget", "FitRecord", "check_arguments", "check_pool", "read_saved", "unwrap", "unwrap_vector"]
+__all__ = ["Agent", "Budget", "FitRecord", "SelectionState", "check_arguments", "check_pool", "read_saved", "unwrap", "unwrap_vector"]
 
 CONFIG_NAME = "agent.json"
 HISTORY_NAME = "history.json"
@@ -113,7 +114,8 @@ class Agent(ABC):
 
     @abstractmethod
     def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
-        """Pool indices of the exemplars for ``env.queries[query_index]`` (``env.m`` of them, or none)."""
+        """Pool indices of the exemplars for ``env.queries[query_index]`` (``env.m`` of them, or none);
+        ``env`` is read, never reset, stepped or re-configured."""
 
     def select_many(self, env: PillowMatchEnv, query_indices: list[int]) -> list[list[int]]:
         return [self.select(env, i) for i in query_indices]
@@ -243,18 +245,28 @@ def summary_writer(logdir: str | Path | None):
     return SummaryWriter(str(logdir))
 
 
-def greedy_rollout(env: PillowMatchEnv, query_index: int, scores_fn) -> list[int]:
-    """Select ``m`` indices by repeatedly taking the best-scored valid action (no LLM call).
+@dataclass(frozen=True)
+class SelectionState:
+    """One state of a greedy selection: the query, the picks so far (in pick order), the observation
+    the env would give there and its valid actions."""
 
-    ``scores_fn(obs) -> (K,) array`` scores every pool entry for the current state.
+    query_index: int
+    chosen: list[int]
+    obs: dict[str, Any]
+    mask: np.ndarray
+
+
+def greedy_rollout(env: PillowMatchEnv, query_index: int, scores_fn) -> list[int]:
+    """Select ``m`` indices by repeatedly taking the best-scored valid action (no LLM call), reading
+    the env's observations of each state without resetting or stepping it.
+
+    ``scores_fn(state: SelectionState) -> (K,) array`` scores every pool entry in that state.
     """
-    env.begin_reset(options={"query_index": query_index})
     picks: list[int] = []
     for _ in range(env.m):
-        obs = PillowMatchEnv.observe([env], single=True)
-        scores = np.asarray(scores_fn(obs), dtype=np.float64).copy()
-        scores[~env.action_masks()] = -np.inf
-        action = int(np.argmax(scores))
-        env.begin_step(action)
-        picks.append(action)
+        state = SelectionState(query_index, list(picks), env.observation_for(query_index, picks),
+                               env.action_mask_for(query_index, picks))
+        scores = np.asarray(scores_fn(state), dtype=np.float64).copy()
+        scores[~state.mask] = -np.inf
+        picks.append(int(np.argmax(scores)))
     return picks

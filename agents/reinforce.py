@@ -161,7 +161,7 @@ class ReinforceAgent(Agent):
 
     def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
         self.prepare(env)
-        return greedy_rollout(env, query_index, self.scores)
+        return greedy_rollout(env, query_index, lambda state: self.scores(state.obs))
 
     def _save_weights(self, path: Path) -> None:
         save_network(self.net, path, self.history)

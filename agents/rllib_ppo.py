@@ -223,8 +223,8 @@ class RLlibPPOAgent(Agent):
         module = self._policy(env)
 
         @torch.no_grad()
-        def scores(obs: dict[str, Any]) -> np.ndarray:
-            flat = flat_observation(env, obs)
+        def scores(state) -> np.ndarray:
+            flat = flat_observation(env, state.obs, state.mask)
             batch = {Columns.OBS: {k: torch.as_tensor(v)[None] for k, v in flat.items()}}
             return module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS][0].numpy()
 

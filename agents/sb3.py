@@ -48,12 +48,12 @@ ALGORITHMS = ("ppo", "a2c", "dqn", "maskable_ppo")
 
 
 class SB3VecEnv(VecEnv):
-    """SB3's ``VecEnv`` over a :class:`PillowMatchVectorEnv` (switched to SAME_STEP autoreset)."""
+    """SB3's ``VecEnv`` over a :class:`PillowMatchVectorEnv`: a SAME_STEP view of its sub-envs (what
+    SB3 expects: reset-on-done with ``terminal_observation``), leaving the caller's vector env in
+    its own autoreset mode."""
 
     def __init__(self, venv: PillowMatchVectorEnv) -> None:
-        venv.autoreset_mode = AutoresetMode.SAME_STEP  # SB3 expects reset-on-done with terminal_observation
-        venv.metadata = {**venv.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
-        self.venv = venv
+        self.venv = venv.with_autoreset_mode(AutoresetMode.SAME_STEP)
         super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
         self._actions: np.ndarray | None = None
 
@@ -295,7 +295,7 @@ class SB3Agent(Agent):
 
     def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
         self.prepare(env)
-        return greedy_rollout(env, query_index, self.scores)
+        return greedy_rollout(env, query_index, lambda state: self.scores(state.obs))
 
     def _save_weights(self, path: Path) -> None:
         if self.model is None:

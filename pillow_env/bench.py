@@ -173,7 +173,7 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
         train_calls = train_engine.stats.llm_calls - start_calls
         if not agent.rollouts_in_process:  # scored by its own worker processes, which count their LLM calls
             train_calls = log.llm_calls
-        evaluation = evaluate(agent, test_env, progress=progress)
+        evaluation = evaluate(agent, test_env, progress=progress, engine=engine)
         record = {
             **{k: evaluation.means.get(k, float("nan")) for k in METRICS},
             "train_llm_calls": train_calls,

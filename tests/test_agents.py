@@ -222,3 +222,37 @@ def test_sb3_actor_critics_learn_a_favoured_exemplar(algo, hash_encoder):
               Budget(episodes=640), progress=False)
     knn_hits, learned = hits(make_agent("knn")), hits(agent)
     assert knn_hits < 0.5 and learned >= 0.875, f"{algo}: kNN {knn_hits:.2f}, learned {learned:.2f}"
+
+
+def test_select_leaves_an_env_mid_episode_as_it_was(engine, hash_encoder):
+    """Agents read the env they are handed; they never reset or step it."""
+    env = single(engine, hash_encoder)
+    env.reset(options={"query_index": 5})
+    env.step(0)
+    before = (env.query_index, list(env.chosen), env.action_masks().copy(), env.observe([env], single=True))
+    fresh = single(engine, hash_encoder)
+    for name in ("knn", "random", "bm25", "mmr", "dpp", "reinforce"):
+        picks = make_agent(name).select(env, 0)
+        assert len(picks) == 2 and (name == "random" or picks == make_agent(name).select(fresh, 0))
+        assert env.query_index == before[0] == 5 and env.chosen == before[1] == [0]
+        assert np.array_equal(env.action_masks(), before[2])
+        after = env.observe([env], single=True)
+        assert all(np.array_equal(after[k], before[3][k]) for k in after)
+    assert fresh.query_index == 0 and fresh.chosen == []
+
+
+def test_ppo_leaves_the_vector_env_to_the_next_learner_as_it_found_it(tiny_backbone, hash_encoder):
+    """SB3's adapter wraps a SAME_STEP view; the caller's vector env keeps its autoreset mode."""
+    from gymnasium.vector import AutoresetMode
+
+    def fresh_engine():
+        return RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), max_new_tokens=3)
+
+    shared = vec(fresh_engine(), hash_encoder)
+    SB3Agent("ppo").fit(shared, Budget(episodes=16), progress=False)
+    assert shared.autoreset_mode == AutoresetMode.NEXT_STEP
+    assert shared.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    after_ppo = ReinforceAgent(seed=3).fit(shared, Budget(episodes=16), progress=False)
+    alone = ReinforceAgent(seed=3).fit(vec(fresh_engine(), hash_encoder), Budget(episodes=16), progress=False)
+    assert [h["reward"] for h in after_ppo.history] == [h["reward"] for h in alone.history]
+    assert after_ppo.episodes == alone.episodes
