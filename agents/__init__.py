@@ -4,7 +4,7 @@ Note: ``agents`` is also the import name of the unrelated ``openai-agents`` pack
 install both in one environment.
 """
 
-from .base import Agent, Budget
+from .base import Agent, Budget, FitRecord
 from .baselines import BM25Agent, DPPAgent, KNNAgent, MMRAgent, RandomAgent, ZeroShotAgent
 from .evaluation import Evaluation, evaluate
 from .listwise import ListwiseAgent
@@ -13,7 +13,7 @@ from .registry import AGENTS, agent_names, check_agent_kwargs, load_agent, make_
 from .reinforce import ReinforceAgent
 from .sb3 import MatchingPolicy, SB3Agent, SB3VecEnv
 
-__all__ = ["AGENTS", "Agent", "BM25Agent", "Budget", "DPPAgent", "Evaluation", "KNNAgent", "ListwiseAgent",
+__all__ = ["AGENTS", "Agent", "BM25Agent", "Budget", "DPPAgent", "Evaluation", "FitRecord", "KNNAgent", "ListwiseAgent",
            "MMRAgent", "MatchingNetwork", "MatchingPolicy", "RandomAgent", "ReinforceAgent", "SB3Agent",
            "SB3VecEnv", "ZeroShotAgent",
            "agent_names", "check_agent_kwargs", "load_agent", "evaluate", "make_agent", "make_seeded_agent"]

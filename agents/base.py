@@ -1,8 +1,9 @@
 """The agent protocol: fit within a budget, select exemplars for a query, save, load.
 
-Every agent selects through an env's state transitions (``begin_reset`` / ``begin_step``), which
-never call the LLM: selection is free, only scoring costs generations. So a kNN retriever, a random
-picker and a PPO policy are evaluated by the very same code.
+Every agent selects from what the env shows of a state (``observation_for`` / ``action_mask_for``),
+without resetting or stepping the env it is handed and without an LLM call: selection is free, only
+scoring costs LLM calls. So a kNN retriever, a random picker and a PPO policy are evaluated by the
+very same code.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import inspect
 import json
 import numbers
 import shutil
-import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ from pillow_env.data import examples_fingerprint
 from pillow_env.env import PillowMatchEnv
 from pillow_env.vector import PillowMatchVectorEnv
 
-__all__ = ["Agent", "Budget", "check_arguments", "check_pool", "read_saved", "unwrap", "unwrap_vector"]
+__all__ = ["Agent", "Budget", "FitRecord", "SelectionState", "check_arguments", "check_pool", "read_saved", "unwrap", "unwrap_vector"]
 
 CONFIG_NAME = "agent.json"
 HISTORY_NAME = "history.json"
@@ -33,18 +33,12 @@ HISTORY_NAME = "history.json"
 @dataclass(frozen=True)
 class Budget:
     """How much a learning agent may spend: episodes and/or LLM calls (generations plus likelihood
-    passes: the scarce resource). ``generations=`` is the old name of ``llm_calls`` (deprecated)."""
+    passes: the scarce resource)."""
 
     episodes: int | None = None
     llm_calls: int | None = None
-    generations: int | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.generations is not None and self.llm_calls is None:
-            warnings.warn("Budget(llm_calls=N) is deprecated: use Budget(llm_calls=N)", DeprecationWarning,
-                          stacklevel=3)
-            object.__setattr__(self, "llm_calls", self.generations)
-        object.__setattr__(self, "generations", self.llm_calls)  # for code that still reads the old name
         if self.episodes is None and self.llm_calls is None:
             raise ValueError("Budget needs episodes or llm_calls (or both)")
         for name in ("episodes", "llm_calls"):
@@ -74,6 +68,24 @@ class Budget:
             if have is not None and have < need:
                 raise ValueError(f"{who}: Budget({name}={have}) is smaller than one batch ({batch}: up to {need} "
                                  f"{name.replace('_', ' ')}); raise the budget or lower the batch")
+
+
+@dataclass
+class FitRecord:
+    """What one ``fit`` did, each field meaning the same for every learner.
+
+    ``episodes``: episodes rolled out (for listwise: exemplar sets scored, cached ones included);
+    ``llm_calls``: what the LLM was asked for on this fit's behalf (generations plus likelihood
+    passes, cache hits excluded; for learners whose rollouts run in other processes, as their
+    runners count them); ``history``: one point per update, each with at least ``episodes`` and
+    ``reward`` (the training curve); ``extras``: what only this learner reports (listwise's chosen
+    setting, RLlib's per-runner counts, ...).
+    """
+
+    episodes: int = 0
+    llm_calls: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def unwrap(env: gym.Env | gym.vector.VectorEnv) -> PillowMatchEnv | PillowMatchVectorEnv:
@@ -114,17 +126,18 @@ class Agent(ABC):
         """Raise ``ValueError`` now if this agent cannot train with these settings (before any long work),
         e.g. a ``budget`` smaller than one batch of ``num_envs`` episodes."""
 
-    def fit(self, env: gym.Env | gym.vector.VectorEnv, budget: Budget | None = None, **kwargs: Any) -> dict[str, Any]:
-        """Learn from ``env`` within ``budget``; returns a training log. Non-learners only prepare."""
+    def fit(self, env: gym.Env | gym.vector.VectorEnv, budget: Budget | None = None, **kwargs: Any) -> FitRecord:
+        """Learn from ``env`` within ``budget``; returns what it did. Non-learners only prepare."""
         self.prepare(unwrap(env))
-        return {}
+        return FitRecord()
 
     def prepare(self, env: PillowMatchEnv | PillowMatchVectorEnv) -> None:
         """Hook for agents that precompute something from the pool (kNN, BM25)."""
 
     @abstractmethod
     def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
-        """Pool indices of the exemplars for ``env.queries[query_index]`` (``env.m`` of them, or none)."""
+        """Pool indices of the exemplars for ``env.queries[query_index]`` (``env.m`` of them, or none);
+        ``env`` is read, never reset, stepped or re-configured."""
 
     def select_many(self, env: PillowMatchEnv, query_indices: list[int]) -> list[list[int]]:
         return [self.select(env, i) for i in query_indices]
@@ -154,27 +167,21 @@ class Agent(ABC):
     @classmethod
     def holds(cls, saved_name: str) -> bool:
         """Whether a folder saved under ``saved_name`` is an agent of this class."""
-        return saved_name == cls.name
+        return saved_name == getattr(cls, "name", None)
 
     @classmethod
     def load(cls, path: str | Path, *, trusted: bool = False) -> Agent:
         """Rebuild a saved agent of this class (``agents.load_agent(dir)`` loads whatever a folder holds).
 
         Our own weights are safetensors + JSON and load from any folder. SB3 agents are SB3 zips, which
-        SB3 unpickles: they load only with ``trusted=True``, for folders you made yourself.
+        SB3 unpickles: they load only with ``trusted=True``, for folders you made yourself. A config
+        holding an option this class no longer takes is refused, naming it (no silent upgrade).
         """
-        if cls is Agent:  # kept for code written before load_agent; the registry is imported only here
-            from .registry import load_agent
-
-            warnings.warn("Agent.load(folder) is deprecated: use agents.load_agent(folder)", DeprecationWarning,
-                          stacklevel=2)
-            return load_agent(path, trusted=trusted)
         path = Path(path)
         saved, config, config_file = read_saved(path)
         if not cls.holds(saved):
             raise ValueError(f"{path} holds a saved {saved!r} agent, not a {cls.__name__}; "
                              "load it with agents.load_agent(folder)")
-        config = cls.upgrade_config(config, str(config_file))
         check_arguments(cls, config, f"{config_file}: config does not fit agent {saved!r}")
         try:
             agent = cls(**config)
@@ -189,19 +196,15 @@ class Agent(ABC):
         except (FileNotFoundError, PermissionError, ValueError):
             raise  # our own refusals (e.g. an untrusted pickle) say what they are
         except Exception as err:  # safetensors, torch and SB3 raise their own types for a damaged file
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            lines = [line.strip() for line in str(err).strip().splitlines()] or [type(err).__name__]
+            keys = [line for line in lines if "key(s) in state_dict" in line]  # torch names the keys it met
+            first = "; ".join(keys) if keys else lines[0]
             raise ValueError(f"{path}: the saved weights do not load with {CONFIG_NAME}'s settings (damaged, or "
                              f"edited by hand?): {type(err).__name__}: {first}") from None
         return agent
 
     def _load_weights(self, path: Path, trusted: bool = False) -> None:
         """Learners read their weights here (``trusted``: the folder may hold pickles)."""
-
-    @classmethod
-    def upgrade_config(cls, config: dict[str, Any], where: str) -> dict[str, Any]:
-        """A saved config in today's form: agents whose options were renamed or retired map them here
-        (raising ``ValueError`` naming ``where`` when a retired option was in use)."""
-        return config
 
 
 def read_saved(path: Path) -> tuple[str, dict[str, Any], Path]:
@@ -276,18 +279,28 @@ def summary_writer(logdir: str | Path | None):
     return SummaryWriter(str(logdir))
 
 
-def greedy_rollout(env: PillowMatchEnv, query_index: int, scores_fn) -> list[int]:
-    """Select ``m`` indices by repeatedly taking the best-scored valid action (no LLM call).
+@dataclass(frozen=True)
+class SelectionState:
+    """One state of a greedy selection: the query, the picks so far (in pick order), the observation
+    the env would give there and its valid actions."""
 
-    ``scores_fn(obs) -> (K,) array`` scores every pool entry for the current state.
+    query_index: int
+    chosen: list[int]
+    obs: dict[str, Any]
+    mask: np.ndarray
+
+
+def greedy_rollout(env: PillowMatchEnv, query_index: int, scores_fn) -> list[int]:
+    """Select ``m`` indices by repeatedly taking the best-scored valid action (no LLM call), reading
+    the env's observations of each state without resetting or stepping it.
+
+    ``scores_fn(state: SelectionState) -> (K,) array`` scores every pool entry in that state.
     """
-    env.begin_reset(options={"query_index": query_index})
     picks: list[int] = []
     for _ in range(env.m):
-        obs = PillowMatchEnv.observe([env], single=True)
-        scores = np.asarray(scores_fn(obs), dtype=np.float64).copy()
-        scores[~env.action_masks()] = -np.inf
-        action = int(np.argmax(scores))
-        env.begin_step(action)
-        picks.append(action)
+        state = SelectionState(query_index, list(picks), env.observation_for(query_index, picks),
+                               env.action_mask_for(query_index, picks))
+        scores = np.asarray(scores_fn(state), dtype=np.float64).copy()
+        scores[~state.mask] = -np.inf
+        picks.append(int(np.argmax(scores)))
     return picks

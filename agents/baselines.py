@@ -1,6 +1,6 @@
 """Baselines that learn nothing: no exemplars, random, kNN (KATE-style), BM25, MMR and a greedy k-DPP.
 
-Every baseline picks through the env's action mask, so a shortlist (``candidates=C``) binds them too.
+Every baseline picks through the env's action mask (read, never stepped), so a shortlist (``candidates=C``) binds them too.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pillow_env.env import PillowMatchEnv
 from pillow_env.prompts import user_text
 from pillow_env.resources import embed_examples
 
-from .base import Agent, greedy_rollout
+from .base import Agent, SelectionState, greedy_rollout
 
 __all__ = ["ZeroShotAgent", "RandomAgent", "KNNAgent", "BM25Agent", "MMRAgent", "DPPAgent"]
 
@@ -43,8 +43,7 @@ class RandomAgent(Agent):
         return {"seed": self.seed}
 
     def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
-        env.begin_reset(options={"query_index": query_index})
-        valid = np.flatnonzero(env.action_masks())
+        valid = np.flatnonzero(env.action_mask_for(query_index))
         return [int(i) for i in self._rng.choice(valid, env.m, replace=False)]
 
 
@@ -58,7 +57,7 @@ class KNNAgent(Agent):
 
     def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
         keys = embed_examples(env.encoder, env.pool, with_output=False)
-        picks = greedy_rollout(env, query_index, lambda obs: keys @ env.query_embeddings[query_index])
+        picks = greedy_rollout(env, query_index, lambda state: keys @ env.query_embeddings[query_index])
         return picks[::-1]
 
 
@@ -83,8 +82,8 @@ class MMRAgent(Agent):
         keys = embed_examples(env.encoder, env.pool, with_output=False)
         relevance = keys @ env.query_embeddings[query_index]
 
-        def scores(obs: dict[str, Any]) -> np.ndarray:
-            redundancy = (keys @ keys[env.chosen].T).max(axis=1) if env.chosen else 0.0
+        def scores(state: SelectionState) -> np.ndarray:
+            redundancy = (keys @ keys[state.chosen].T).max(axis=1) if state.chosen else 0.0
             return self.lam * relevance - (1.0 - self.lam) * redundancy
 
         return greedy_rollout(env, query_index, scores)[::-1]
@@ -112,12 +111,12 @@ class DPPAgent(Agent):
         keys = embed_examples(env.encoder, env.pool, with_output=False).astype(np.float64)
         log_quality = (keys @ env.query_embeddings[query_index]) / (2 * self.scale)
 
-        def scores(obs: dict[str, Any]) -> np.ndarray:
+        def scores(state: SelectionState) -> np.ndarray:
             # log det L_{S+e} - log det L_S = 2 log q_e + log(1 - s_e^T S_S^-1 s_e): the Schur complement.
-            if not env.chosen:
+            if not state.chosen:
                 return 2 * log_quality
-            picked = keys[env.chosen]
-            gram = picked @ picked.T + 1e-9 * np.eye(len(env.chosen))
+            picked = keys[state.chosen]
+            gram = picked @ picked.T + 1e-9 * np.eye(len(state.chosen))
             cross = keys @ picked.T
             residual = 1.0 - np.einsum("ij,ij->i", cross @ np.linalg.inv(gram), cross)
             return 2 * log_quality + np.log(np.clip(residual, 1e-12, None))
@@ -168,4 +167,4 @@ class BM25Agent(Agent):
 
     def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
         scores = self.scores(env, query_index)
-        return greedy_rollout(env, query_index, lambda obs: scores)[::-1]
+        return greedy_rollout(env, query_index, lambda state: scores)[::-1]

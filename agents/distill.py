@@ -6,9 +6,10 @@ learn instead from each candidate scored *alone*, normalised per query, and dist
 into a retriever. This agent does that with PILLOW's matching network:
 
 1. Score: for every training query, each of its ``candidates`` nearest pool entries alone, as a
-   one-exemplar prompt, with the likelihood of the reference (one forward pass; ``train_reward=
-   "pillow"``: the generation reward instead, for backends that cannot score likelihoods). Cached
-   by prompt, so a rerun or another learner pays nothing.
+   one-exemplar prompt, by the env's reward, as every learner trains on it: best the likelihood of
+   the reference (``reward="loglik"``, CLI ``--train-reward loglik``: one forward pass, no
+   decoding); the generation reward works too (backends that cannot score likelihoods). Cached by
+   prompt, so a rerun or another learner pays nothing.
 2. Target: per query, the scores standardised (mean 0, sd 1) and softmaxed at ``target_temperature``.
 3. Distil: the kNN-initialised network (its pool side also sees each exemplar's *answer*) trained
    so that its first pick's distribution over the shortlist matches the target (KL), and its second
@@ -37,12 +38,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pillow_env.backends import LikelihoodUnsupported
-from pillow_env.engine import TRAIN_REWARDS
 from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples, embed_field
 
-from .base import Agent, Budget, check_pool, first_env, summary_writer
+from .base import Agent, Budget, FitRecord, check_pool, first_env, summary_writer
 from .matching import MatchingNetwork, load_network, save_network
 from .single_scores import normalise_per_query, score_singles
 
@@ -65,8 +64,6 @@ class DistillAgent(Agent):
             step, MLP width and logit temperature (see :class:`~agents.matching.MatchingNetwork`).
         margin: the learned set replaces kNN's only if its summed score (logits: cosine / temperature
             at the start) is higher by at least this much, so float rounding never departs from kNN.
-        train_reward: ``"loglik"`` (default: the reference's likelihood, one forward pass) or
-            ``"pillow"`` (the generation reward; for backends without likelihoods).
         seed: seeds the query order under a budget, the folds and the network init.
         pool_fingerprint, chosen_temperature, chosen_epochs: set by ``fit`` (kept in the config).
 
@@ -80,7 +77,7 @@ class DistillAgent(Agent):
     def __init__(self, candidates: int = 8, target_temperatures: tuple[float, ...] | list[float] = (0.5, 1.0),
                  epochs: int = 30, folds: int = 5, contrastive: float = 0.2, answers: bool = True,
                  lr: float = 1e-3, weight_decay: float = 1e-2, batch_queries: int = 32, hidden: int = 256,
-                 temperature: float = 0.1, margin: float = 0.1, train_reward: str = "loglik", seed: int = 0,
+                 temperature: float = 0.1, margin: float = 0.1, seed: int = 0,
                  pool_fingerprint: str | None = None, chosen_temperature: float | None = None,
                  chosen_epochs: int | None = None) -> None:
         if candidates < 2:
@@ -93,13 +90,10 @@ class DistillAgent(Agent):
             raise ValueError(f"DistillAgent: margin must be >= 0, got {margin}")
         if contrastive < 0:
             raise ValueError(f"DistillAgent: contrastive must be >= 0, got {contrastive}")
-        if train_reward not in TRAIN_REWARDS:
-            raise ValueError(f"DistillAgent: train_reward must be one of {', '.join(TRAIN_REWARDS)}, "
-                             f"got {train_reward!r}")
         self.candidates, self.target_temperatures = candidates, [float(t) for t in target_temperatures]
         self.epochs, self.folds, self.contrastive, self.answers = epochs, folds, float(contrastive), answers
         self.lr, self.weight_decay, self.batch_queries = lr, weight_decay, batch_queries
-        self.hidden, self.temperature, self.train_reward, self.seed = hidden, temperature, train_reward, seed
+        self.hidden, self.temperature, self.seed = hidden, temperature, seed
         self.margin = float(margin)
         self.pool_fingerprint, self.chosen_temperature, self.chosen_epochs = \
             pool_fingerprint, chosen_temperature, chosen_epochs
@@ -111,7 +105,7 @@ class DistillAgent(Agent):
                 "epochs": self.epochs, "folds": self.folds, "contrastive": self.contrastive,
                 "answers": self.answers, "lr": self.lr, "weight_decay": self.weight_decay,
                 "batch_queries": self.batch_queries, "hidden": self.hidden, "temperature": self.temperature,
-                "margin": self.margin, "train_reward": self.train_reward, "seed": self.seed, "pool_fingerprint": self.pool_fingerprint,
+                "margin": self.margin, "seed": self.seed, "pool_fingerprint": self.pool_fingerprint,
                 "chosen_temperature": self.chosen_temperature, "chosen_epochs": self.chosen_epochs}
 
     def prepare(self, env) -> None:
@@ -131,7 +125,7 @@ class DistillAgent(Agent):
     # -- training --------------------------------------------------------------------------------
 
     def fit(self, env, budget: Budget | None = None, *, tensorboard: str | Path | None = None,
-            progress: bool = True, **kwargs: Any) -> dict[str, Any]:
+            progress: bool = True, **kwargs: Any) -> FitRecord:
         single = first_env(env)
         if single.observation != "embedding":
             raise ValueError("DistillAgent needs observation='embedding'")
@@ -166,23 +160,15 @@ class DistillAgent(Agent):
                 writer.add_scalar(f"distill/validation_gain_tau{record['target_temperature']}", record["gain"],
                                   record["epochs"])
             writer.close()
-        return {"episodes": int(scores.size), "llm_calls": llm_calls, "scored_pairs": int(scores.size),
-                "scored_queries": int(n_queries),
-                "chosen_temperature": self.chosen_temperature, "chosen_epochs": self.chosen_epochs,
-                "history": [], "validation": self.history}
+        return FitRecord(int(scores.size), llm_calls, [],
+                         {"scored_queries": int(n_queries), "chosen_temperature": self.chosen_temperature,
+                          "chosen_epochs": self.chosen_epochs, "validation": self.history})
 
     def _width(self, env: PillowMatchEnv) -> int:
         return min(self.candidates, env.candidates or len(env.pool), len(env.pool))
 
     def _score(self, single: PillowMatchEnv, queries: np.ndarray, shortlists: np.ndarray, progress: bool) -> np.ndarray:
-        engine = single.engine
-        if self.train_reward == "loglik":
-            try:
-                engine = engine.with_signal("loglik")
-            except LikelihoodUnsupported as err:
-                raise ValueError(f"DistillAgent: {err}; pass train_reward='pillow' to learn from the "
-                                 "generation reward") from None
-        return score_singles(engine, single.pool, [single.queries[q] for q in queries], shortlists,
+        return score_singles(single.engine, single.pool, [single.queries[q] for q in queries], shortlists,
                              progress=progress, desc="distill: single-exemplar scores")
 
     def _cross_validate(self, single: PillowMatchEnv, queries: np.ndarray, shortlists: np.ndarray,

@@ -11,9 +11,9 @@ a bias per pool entry (``model="linear"``, :mod:`agents.set_ranker`).
 
 1. Explore: for every training query, score its kNN set and random other ``m``-sets of its
    ``candidates`` nearest pool entries (each set placed nearest-last in the prompt, as kNN does), as
-   many as the budget allows, by default with the likelihood signal (the reference's mean token
-   log-likelihood after the prompt: one forward pass, no decoding); add matching episodes from
-   earlier trajectory logs (``logs``).
+   many as the budget allows, by the env's reward (best the likelihood signal, ``reward="loglik"``:
+   the reference's mean token log-likelihood after the prompt, one forward pass and no decoding);
+   add matching episodes from earlier trajectory logs (``logs``).
 2. Cross-validate over queries: in each of ``folds`` folds, train on the other queries under each
    setting (each epoch count of the network; each L2 penalty of the ranker) and take for each
    held-out query the scored set the model ranks first; its reward minus the kNN set's is the
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +39,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pillow_env.backends import LikelihoodUnsupported
-from pillow_env.engine import TRAIN_REWARDS, RewardEngine
+from pillow_env.engine import RewardEngine
 from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples
 from pillow_env.stats import paired_bootstrap
 from pillow_env.trajectories import read_trajectories
 
-from .base import Agent, Budget, check_pool, first_env, summary_writer
+from .base import Agent, Budget, FitRecord, check_pool, first_env, summary_writer
 from .matching import MatchingFamily
 from .scored_sets import ScoredSets, ScorerFamily, SetBatch, SetScorer
 from .set_ranker import RankerFamily, example_views
@@ -56,7 +54,6 @@ __all__ = ["ListwiseAgent"]
 
 MAX_ENUMERATED_SETS = 4096
 MODELS = ("matching", "linear")
-RETIRED = {"balanced": False, "explore_temperature": None, "refine": 0.0}  # options measured and removed
 
 
 class ListwiseAgent(Agent):
@@ -74,11 +71,6 @@ class ListwiseAgent(Agent):
         target_temperature: temperature of the softmax turning a query's set rewards into targets.
         lr, weight_decay, batch_queries: the matching network's AdamW settings and queries per step.
         hidden, temperature: see :class:`~agents.matching.MatchingNetwork` (always ``knn_init``).
-        train_reward: what scores the explored sets (the CLI's ``--train-reward``). ``"loglik"``
-            (default): the reference's likelihood through the env's LLM, whatever the env's own reward
-            (cheaper than a generation); a backend that cannot score likelihoods falls back to the env's
-            reward with a warning. ``"pillow"``: the env's reward. (``signal=`` is its old name,
-            ``"env"`` the old spelling of ``"pillow"``: both accepted, deprecated.)
         margin: selection keeps kNN's set unless the model's best set beats it by at least this much in
             score (0: always the best-ranked set). Default per model: 0 for the ranker, 0.5 for the
             network. Applies where all sets are ranked.
@@ -86,7 +78,10 @@ class ListwiseAgent(Agent):
         seed: seeds the exploration, the folds and the network init.
         chosen_epochs, chosen_penalty: what cross-validation chose (set by ``fit``, kept in the config).
 
-    The :class:`~agents.base.Budget` counts scored sets (LLM calls; cached ones included).
+    The explored sets are scored by the env's reward, as every learner trains on it: build the env
+    with ``reward="loglik"`` (CLI: ``--train-reward loglik``) for the reference's likelihood, one
+    forward pass and no decoding. The :class:`~agents.base.Budget` counts scored sets (cached ones
+    included).
     """
 
     name = "listwise"
@@ -96,9 +91,9 @@ class ListwiseAgent(Agent):
                  penalties: tuple[float, ...] | list[float] = (0.01, 0.03, 0.1, 0.3), folds: int = 5,
                  target_temperature: float = 0.05, lr: float = 1e-3, weight_decay: float = 1e-2,
                  batch_queries: int = 16, hidden: int = 256, temperature: float = 0.1,
-                 train_reward: str = "loglik", margin: float | None = None, logs: tuple[str, ...] | list[str] = (),
+                 margin: float | None = None, logs: tuple[str, ...] | list[str] = (),
                  seed: int = 0, pool_fingerprint: str | None = None, chosen_epochs: int | None = None,
-                 chosen_penalty: float | None = None, signal: str | None = None) -> None:
+                 chosen_penalty: float | None = None) -> None:
         if candidates < 1:
             raise ValueError(f"ListwiseAgent: candidates must be >= 1, got {candidates}")
         if model not in MODELS:
@@ -109,13 +104,6 @@ class ListwiseAgent(Agent):
             raise ValueError(f"ListwiseAgent: penalties must be a non-empty list of numbers > 0, got {penalties}")
         if not target_temperature > 0:
             raise ValueError(f"ListwiseAgent: target_temperature must be > 0, got {target_temperature}")
-        if signal is not None:
-            warnings.warn("ListwiseAgent(signal=...) is deprecated: use train_reward='loglik' or 'pillow'",
-                          DeprecationWarning, stacklevel=2)
-            train_reward = {"env": "pillow"}.get(signal, signal)
-        if train_reward not in TRAIN_REWARDS:
-            raise ValueError(f"ListwiseAgent: train_reward must be one of {', '.join(TRAIN_REWARDS)}, "
-                             f"got {train_reward!r}")
         if model == "matching":
             self.family: ScorerFamily = MatchingFamily(hidden, temperature, lr, weight_decay, batch_queries,
                                                        epochs, seed)
@@ -128,7 +116,7 @@ class ListwiseAgent(Agent):
         self.penalties, self.folds = [float(p) for p in penalties], folds
         self.target_temperature, self.lr, self.weight_decay = target_temperature, lr, weight_decay
         self.batch_queries, self.hidden, self.temperature = batch_queries, hidden, temperature
-        self.train_reward, self.margin, self.logs, self.seed = train_reward, margin, [str(p) for p in logs], seed
+        self.margin, self.logs, self.seed = margin, [str(p) for p in logs], seed
         self.pool_fingerprint, self.chosen_epochs, self.chosen_penalty = pool_fingerprint, chosen_epochs, chosen_penalty
         self.net: SetScorer | None = None
         self.history: list[dict[str, Any]] = []
@@ -138,26 +126,10 @@ class ListwiseAgent(Agent):
         return {"candidates": self.candidates, "model": self.model, "epochs": self.epochs,
                 "penalties": self.penalties, "folds": self.folds, "target_temperature": self.target_temperature,
                 "lr": self.lr, "weight_decay": self.weight_decay, "batch_queries": self.batch_queries,
-                "hidden": self.hidden, "temperature": self.temperature, "train_reward": self.train_reward,
+                "hidden": self.hidden, "temperature": self.temperature,
                 "margin": self.margin, "logs": self.logs, "seed": self.seed,
                 "pool_fingerprint": self.pool_fingerprint, "chosen_epochs": self.chosen_epochs,
                 "chosen_penalty": self.chosen_penalty}
-
-    @classmethod
-    def upgrade_config(cls, config: dict[str, Any], where: str) -> dict[str, Any]:
-        """Folders saved before the retired options were removed load when those options were off."""
-        config = dict(config)
-        for key, off in RETIRED.items():
-            if key in config:
-                value = config.pop(key)
-                if value != off:
-                    raise ValueError(f"{where}: listwise option {key!r} was removed (it measured no gain: "
-                                     f"benchmarks/results/listwise-variants.md); this agent was trained with "
-                                     f"{key}={value!r}")
-        if "signal" in config:  # the old name of train_reward
-            signal = config.pop("signal")
-            config["train_reward"] = {"env": "pillow"}.get(signal, signal)
-        return config
 
     def prepare(self, env) -> None:
         if self.net is not None:
@@ -169,7 +141,7 @@ class ListwiseAgent(Agent):
     # -- training --------------------------------------------------------------------------------
 
     def fit(self, env, budget: Budget | None = None, *, tensorboard: str | Path | None = None,
-            progress: bool = True, **kwargs: Any) -> dict[str, Any]:
+            progress: bool = True, **kwargs: Any) -> FitRecord:
         single = first_env(env)
         if single.observation != "embedding":
             raise ValueError("ListwiseAgent needs observation='embedding'")
@@ -177,7 +149,8 @@ class ListwiseAgent(Agent):
         limit = min(b for b in (budget.episodes, budget.llm_calls) if b is not None)
         self.prepare(single)
         rng = np.random.default_rng(self.seed)
-        self._scorer = self._scoring_engine(single.engine)
+        self._scorer = single.engine
+        start_calls = self._scorer.stats.llm_calls
 
         data, explored = self._explore(single, limit, rng, progress)                 # 1.
         mean_gain, settings = self._cross_validate(single, data, rng, progress)     # 2.
@@ -188,19 +161,11 @@ class ListwiseAgent(Agent):
             for e, g in enumerate(mean_gain):
                 writer.add_scalar("listwise/validation_gain", g, e)
             writer.close()
-        return {"episodes": explored, "generations": explored, "scored_sets": sum(len(v) for v in data.values()),
-                "chosen_epochs": self.chosen_epochs, "chosen_penalty": self.chosen_penalty,
-                "validation_gain": self.history[int(mean_gain.argmax())]["validation_gain"], "history": [],
-                "epochs": self.history}
-
-    def _scoring_engine(self, engine: RewardEngine) -> RewardEngine:
-        if self.train_reward == "pillow":
-            return engine
-        try:
-            return engine.with_signal("loglik")
-        except LikelihoodUnsupported as err:
-            warnings.warn(f"listwise: {err}; training on the env's reward instead", stacklevel=3)
-            return engine
+        return FitRecord(explored, self._scorer.stats.llm_calls - start_calls, [],
+                         {"scored_sets": sum(len(v) for v in data.values()), "chosen_epochs": self.chosen_epochs,
+                          "chosen_penalty": self.chosen_penalty,
+                          "validation_gain": self.history[int(mean_gain.argmax())]["validation_gain"],
+                          "epochs": self.history})
 
     # 1. Explore ------------------------------------------------------------------------------------
 
@@ -229,19 +194,11 @@ class ListwiseAgent(Agent):
         return data, len(plan)
 
     def _score(self, single: PillowMatchEnv, plan: list[tuple[int, tuple[int, ...]]], progress: bool) -> list[float]:
-        """Rewards of the planned (query, set) pairs by the training signal, in batches."""
+        """Rewards of the planned (query, set) pairs by the env's reward, in batches."""
         rewards: list[float] = []
         for lo in tqdm(range(0, len(plan), 64), desc="listwise: score", unit="batch", disable=not progress):
             requests = [([single.pool[i] for i in sel], single.queries[q]) for q, sel in plan[lo:lo + 64]]
-            try:
-                scored = self._scorer.score(requests)
-            except LikelihoodUnsupported as err:  # found out only at the first call (e.g. a server)
-                if rewards or self._scorer is single.engine:
-                    raise
-                warnings.warn(f"listwise: {err}; training on the env's reward instead", stacklevel=2)
-                self._scorer = single.engine
-                scored = self._scorer.score(requests)
-            rewards += [s.reward for s in scored]
+            rewards += [s.reward for s in self._scorer.score(requests)]
         return rewards
 
     # 2. Cross-validate -----------------------------------------------------------------------------

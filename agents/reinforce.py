@@ -13,7 +13,7 @@ from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples
 from pillow_env.vector import PillowMatchVectorEnv
 
-from .base import Agent, Budget, check_pool, first_env, greedy_rollout, summary_writer, unwrap_vector
+from .base import Agent, Budget, FitRecord, check_pool, first_env, greedy_rollout, summary_writer, unwrap_vector
 from .matching import MatchingNetwork, load_network, save_network
 
 __all__ = ["ReinforceAgent"]
@@ -64,15 +64,6 @@ class ReinforceAgent(Agent):
                 "max_grad_norm": self.max_grad_norm, "seed": self.seed,
                 "pool_fingerprint": self.pool_fingerprint}
 
-    @classmethod
-    def upgrade_config(cls, config: dict[str, Any], where: str) -> dict[str, Any]:
-        """Folders saved before ``pretrain`` was removed load when it was off."""
-        config = dict(config)
-        if config.pop("pretrain", 0.0) != 0.0:
-            raise ValueError(f"{where}: reinforce option 'pretrain' was removed (it measured no gain: "
-                             "benchmarks/results/listwise-variants.md); this agent was trained with it")
-        return config
-
     def check_settings(self, *, num_envs: int, budget: Budget | None = None) -> None:
         if num_envs % self.group_size:
             raise ValueError(f"reinforce: num_envs ({num_envs}) must be a multiple of group_size ({self.group_size})")
@@ -91,7 +82,7 @@ class ReinforceAgent(Agent):
         self.pool_fingerprint = fingerprint
 
     def fit(self, env, budget: Budget | None = None, *, tensorboard: str | Path | None = None,
-            progress: bool = True, **kwargs: Any) -> dict[str, Any]:
+            progress: bool = True, **kwargs: Any) -> FitRecord:
         venv = unwrap_vector(env, "ReinforceAgent.fit")
         if venv.envs[0].dense:
             raise ValueError("ReinforceAgent uses the episode return; use the default sparse reward (dense=False)")
@@ -103,15 +94,15 @@ class ReinforceAgent(Agent):
         optimizer = torch.optim.Adam(net.parameters(), lr=self.lr)
         sampler = torch.Generator().manual_seed(self.seed)
         writer = summary_writer(tensorboard)
-        start_generations, start_hits = engine.stats.llm_calls, engine.stats.cache_hits
+        start_calls, start_hits = engine.stats.llm_calls, engine.stats.cache_hits
         baseline: float | None = None
-        episodes = generations = 0
+        episodes = llm_calls = 0
         bar = tqdm(total=budget.episodes or budget.llm_calls, disable=not progress,
-                   desc="reinforce", unit="episode" if budget.episodes else "generation")
+                   desc="reinforce", unit="episode" if budget.episodes else "LLM call")
         queries = np.random.default_rng(self.seed)
         n_queries = len(venv.envs[0].queries)
         # A batch costs at most one LLM call per episode: run it only if that worst case fits the budget.
-        while budget.affords(episodes + venv.num_envs, generations + venv.num_envs):
+        while budget.affords(episodes + venv.num_envs, llm_calls + venv.num_envs):
             # 1. Roll out one batch of episodes (group_size per query): m sampled actions per env.
             picked = queries.integers(n_queries, size=venv.num_envs // self.group_size)
             obs, _ = venv.reset(options={"query_index": np.repeat(picked, self.group_size)})
@@ -148,22 +139,22 @@ class ReinforceAgent(Agent):
 
             # 3. Bookkeeping: budget, progress, TensorBoard scalars.
             episodes += venv.num_envs
-            new_generations = engine.stats.llm_calls - start_generations
-            bar.update(venv.num_envs if budget.episodes else new_generations - generations)
-            generations = new_generations
-            record = {"episodes": episodes, "generations": generations, "reward": mean_return,
+            new_calls = engine.stats.llm_calls - start_calls
+            bar.update(venv.num_envs if budget.episodes else new_calls - llm_calls)
+            llm_calls = new_calls
+            record = {"episodes": episodes, "llm_calls": llm_calls, "reward": mean_return,
                       "entropy": entropy.item(), "cache_hits": engine.stats.cache_hits - start_hits,
                       "loss": loss.item()}
             self.history.append(record)
             bar.set_postfix(reward=f"{mean_return:.3f}", entropy=f"{entropy.item():.2f}")
             if writer is not None:
-                for key in ("reward", "entropy", "generations", "cache_hits", "loss"):
+                for key in ("reward", "entropy", "llm_calls", "cache_hits", "loss"):
                     writer.add_scalar(f"reinforce/{key}", record[key], episodes)
         bar.close()
         if writer is not None:
             writer.close()
         net.eval()
-        return {"episodes": episodes, "generations": generations, "history": self.history}
+        return FitRecord(episodes, llm_calls, self.history)
 
     @torch.no_grad()
     def scores(self, obs: dict[str, Any]) -> np.ndarray:
@@ -173,7 +164,7 @@ class ReinforceAgent(Agent):
 
     def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
         self.prepare(env)
-        return greedy_rollout(env, query_index, self.scores)
+        return greedy_rollout(env, query_index, lambda state: self.scores(state.obs))
 
     def _save_weights(self, path: Path) -> None:
         if self.net is None:

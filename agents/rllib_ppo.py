@@ -21,7 +21,7 @@ from tqdm import tqdm
 from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples
 
-from .base import Agent, Budget, check_pool, first_env, greedy_rollout, load_history, save_history, summary_writer
+from .base import Agent, Budget, FitRecord, check_pool, first_env, greedy_rollout, load_history, save_history, summary_writer
 
 __all__ = ["RLlibPPOAgent"]
 
@@ -119,7 +119,7 @@ class RLlibPPOAgent(Agent):
     # -- training --------------------------------------------------------------------------------
 
     def fit(self, env, budget: Budget | None = None, *, tensorboard: str | Path | None = None,
-            progress: bool = True, **kwargs: Any) -> dict[str, Any]:
+            progress: bool = True, **kwargs: Any) -> FitRecord:
         from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, NUM_EPISODES_LIFETIME
 
         ray = _import_ray()
@@ -195,9 +195,9 @@ class RLlibPPOAgent(Agent):
                 ray.shutdown()
         self._module = None
         last = self.history[-1] if self.history else {}
-        return {"episodes": episodes, "generations": llm_calls, "cached": last.get("cached", 0),
-                "episodes_per_runner": last.get("episodes_per_runner", {}), "peak_rss_mb": last.get("peak_rss_mb", {}),
-                "history": [{"episodes": p["episodes"], "reward": p["mean_reward"]} for p in self.history]}
+        return FitRecord(episodes, llm_calls, [{"episodes": p["episodes"], "reward": p["mean_reward"]} for p in self.history],
+                         {"cached": last.get("cached", 0), "episodes_per_runner": last.get("episodes_per_runner", {}),
+                          "peak_rss_mb": last.get("peak_rss_mb", {})})
 
     # -- selection -------------------------------------------------------------------------------
 
@@ -230,8 +230,8 @@ class RLlibPPOAgent(Agent):
         module = self._policy(env)
 
         @torch.no_grad()
-        def scores(obs: dict[str, Any]) -> np.ndarray:
-            flat = flat_observation(env, obs)
+        def scores(state) -> np.ndarray:
+            flat = flat_observation(env, state.obs, state.mask)
             batch = {Columns.OBS: {k: torch.as_tensor(v)[None] for k, v in flat.items()}}
             return module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS][0].numpy()
 
@@ -249,7 +249,9 @@ class RLlibPPOAgent(Agent):
         file = path / WEIGHTS_NAME
         if not file.is_file():
             raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME} (not a saved rllib_ppo agent)")
-        self.state = load_file(str(file))
-        if "net.prompts" not in self.state:  # saved by the MLP policy (the default before the matching network)
-            self.policy = "mlp"
+        state = load_file(str(file))
+        if ("net.prompts" in state) != (self.policy == "matching"):
+            saved = "the matching network" if "net.prompts" in state else "an MLP (no 'net.prompts' key)"
+            raise ValueError(f"{file} holds {saved}, but agent.json says policy={self.policy!r}")
+        self.state = state
         self.history = load_history(path)

@@ -34,7 +34,7 @@ from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples
 from pillow_env.vector import PillowMatchVectorEnv
 
-from .base import Agent, Budget, check_pool, greedy_rollout, unwrap_vector
+from .base import Agent, Budget, FitRecord, check_pool, greedy_rollout, unwrap_vector
 from .matching import MatchingNetwork
 
 __all__ = ["SB3VecEnv", "SB3Agent", "MatchingPolicy", "MaskableMatchingPolicy", "ALGORITHMS"]
@@ -51,12 +51,12 @@ ALGORITHMS = ("ppo", "a2c", "dqn", "maskable_ppo")
 
 
 class SB3VecEnv(VecEnv):
-    """SB3's ``VecEnv`` over a :class:`PillowMatchVectorEnv` (switched to SAME_STEP autoreset)."""
+    """SB3's ``VecEnv`` over a :class:`PillowMatchVectorEnv`: a SAME_STEP view of its sub-envs (what
+    SB3 expects: reset-on-done with ``terminal_observation``), leaving the caller's vector env in
+    its own autoreset mode."""
 
     def __init__(self, venv: PillowMatchVectorEnv) -> None:
-        venv.autoreset_mode = AutoresetMode.SAME_STEP  # SB3 expects reset-on-done with terminal_observation
-        venv.metadata = {**venv.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
-        self.venv = venv
+        self.venv = venv.with_autoreset_mode(AutoresetMode.SAME_STEP)
         super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
         self._actions: np.ndarray | None = None
 
@@ -121,12 +121,12 @@ def _batch_cost(venv: PillowMatchVectorEnv) -> int:
 
 class _BudgetCallback(BaseCallback):
     """Stops training before a step that could exceed the budget (a cap, never exceeded); counts
-    finished episodes and LLM calls; logs generations and cache hits; tqdm bar."""
+    finished episodes and LLM calls; logs LLM calls and cache hits; tqdm bar."""
 
     def __init__(self, venv: PillowMatchVectorEnv, budget: Budget, progress: bool, desc: str) -> None:
         super().__init__()
         self.venv, self.engine, self.budget, self.progress, self.desc = venv, venv.engine, budget, progress, desc
-        self.start_generations = self.engine.stats.llm_calls
+        self.start_calls = self.engine.stats.llm_calls
         self.start_hits = self.engine.stats.cache_hits
         self.episodes = 0
         self.history: list[dict[str, float]] = []
@@ -135,24 +135,24 @@ class _BudgetCallback(BaseCallback):
     def _on_training_start(self) -> None:
         total = self.budget.episodes or self.budget.llm_calls
         self.bar = tqdm(total=total, desc=self.desc, disable=not self.progress,
-                        unit="episode" if self.budget.episodes else "generation")
+                        unit="episode" if self.budget.episodes else "LLM call")
 
     def _on_step(self) -> bool:
-        generations = self.engine.stats.llm_calls - self.start_generations
+        llm_calls = self.engine.stats.llm_calls - self.start_calls
         self.episodes += int(np.sum(self.locals.get("dones", 0)))
         for info in self.locals.get("infos", []):
             if "episode" in info:
                 self._returns.append(float(info["episode"]["r"]))
         if len(self._returns) >= self.training_env.num_envs:
             reward = float(np.mean(self._returns))
-            self.history.append({"episodes": self.episodes, "generations": generations, "reward": reward})
+            self.history.append({"episodes": self.episodes, "llm_calls": llm_calls, "reward": reward})
             self._returns = []
-        self.logger.record("pillow/generations", generations)
+        self.logger.record("pillow/llm_calls", llm_calls)
         self.logger.record("pillow/cache_hits", self.engine.stats.cache_hits - self.start_hits)
-        self.bar.n = min(self.episodes if self.budget.episodes else generations, self.bar.total)
+        self.bar.n = min(self.episodes if self.budget.episodes else llm_calls, self.bar.total)
         self.bar.refresh()
         # Any env may end its episode on the next step (invalid actions truncate), each finished one may cost.
-        return self.budget.affords(self.episodes + self.venv.num_envs, generations + _step_cost(self.venv))
+        return self.budget.affords(self.episodes + self.venv.num_envs, llm_calls + _step_cost(self.venv))
 
     def _on_training_end(self) -> None:
         self.bar.close()
@@ -181,14 +181,6 @@ class _MatchingHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net.score_states(features)
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        """Reads heads saved before it was a ``MatchingNetwork`` (``prompts``, ``prompt_mlp.0.weight``, ...)."""
-        for old in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + "net.")]:
-            rest = old[len(prefix):]
-            new = rest if rest == "prompts" else rest.replace("_mlp.", "_mlp.net.", 1)
-            state_dict[prefix + "net." + new] = state_dict.pop(old)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class _MatchingHeadMixin:
@@ -324,7 +316,7 @@ class SB3Agent(Agent):
             check_pool(env, self.pool_fingerprint)
 
     def fit(self, env, budget: Budget | None = None, *, tensorboard: str | Path | None = None,
-            progress: bool = True, **kwargs: Any) -> dict[str, Any]:
+            progress: bool = True, **kwargs: Any) -> FitRecord:
         venv = unwrap_vector(env, "SB3Agent.fit")
         if venv.envs[0].observation != "embedding":
             raise ValueError("SB3 agents need observation='embedding'")
@@ -355,8 +347,7 @@ class SB3Agent(Agent):
         total = (budget.episodes or budget.llm_calls or 0) * m * 2 + venv.num_envs * m * 8
         self.model.learn(total_timesteps=total, callback=callback, tb_log_name=self.algo)
         self.history = callback.history
-        return {"episodes": callback.episodes,
-                "generations": venv.engine.stats.llm_calls - callback.start_generations, "history": self.history}
+        return FitRecord(callback.episodes, venv.engine.stats.llm_calls - callback.start_calls, self.history)
 
     @torch.no_grad()
     def scores(self, obs: dict[str, Any]) -> np.ndarray:
@@ -375,7 +366,7 @@ class SB3Agent(Agent):
     def select(self, env: PillowMatchEnv, query_index: int) -> list[int]:
         self.check_can_select()
         self.prepare(env)
-        return greedy_rollout(env, query_index, self.scores)
+        return greedy_rollout(env, query_index, lambda state: self.scores(state.obs))
 
     def _save_weights(self, path: Path) -> None:
         if self.model is None:

@@ -54,7 +54,7 @@ def main() -> None:
 
     suite = load_suite(args.suite, 0)
     half_a, half_b = grouped_halves(suite.train, args.split_seed)
-    env_a = PillowMatchEnv(suite.pool, [suite.train[i] for i in half_a], cache_path=args.cache)
+    env_a = PillowMatchEnv(suite.pool, [suite.train[i] for i in half_a], cache_path=args.cache, reward="loglik")
     env_b = PillowMatchEnv(suite.pool, [suite.train[i] for i in half_b[:args.judge_queries]], cache_path=args.cache)
     queries = list(range(len(env_b.queries)))
     judged: dict[tuple[int, tuple[int, ...]], float] = {}
@@ -81,13 +81,14 @@ def main() -> None:
         gains = judge(picks) - knn
         result = paired_bootstrap(gains)
         changed = int(sum(p != k for p, k in zip(picks, knn_picks)))
-        rows.append({"variant": variant, "gain_vs_knn": result, "changed": changed, "llm_calls_fit": log["llm_calls"],
-                     "chosen_temperature": log["chosen_temperature"], "chosen_epochs": log["chosen_epochs"],
-                     "cv_gain": max((h["gain"] for h in log["validation"]), default=None),
+        rows.append({"variant": variant, "gain_vs_knn": result, "changed": changed, "llm_calls_fit": log.llm_calls,
+                     "chosen_temperature": log.extras["chosen_temperature"],
+                     "chosen_epochs": log.extras["chosen_epochs"],
+                     "cv_gain": max((h["gain"] for h in log.extras["validation"]), default=None),
                      "fit_seconds": round(fit_seconds, 1)})
         print(f"{json.dumps(variant)}: {result['mean']:+.4f} [{result['low']:+.4f}, {result['high']:+.4f}] "
-              f"({changed} of {len(queries)} picks differ from kNN; chose tau {log['chosen_temperature']}, "
-              f"{log['chosen_epochs']} epochs; {log['llm_calls']} new LLM calls on A)")
+              f"({changed} of {len(queries)} picks differ from kNN; chose tau {log.extras['chosen_temperature']}, "
+              f"{log.extras['chosen_epochs']} epochs; {log.llm_calls} new LLM calls on A)")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"suite": args.suite, "split_seed": args.split_seed, "queries_a": len(env_a.queries),
                                "queries_b": len(queries), "knn_on_b": float(knn.mean()), "rows": rows}, indent=2))

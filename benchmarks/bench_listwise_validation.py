@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents import Budget, ListwiseAgent
+from agents import Budget, FitRecord, ListwiseAgent
 from pillow_env.suite import SUITES, load_suite
 from pillow_env.env import PillowMatchEnv
 from pillow_env.stats import paired_bootstrap
@@ -51,11 +51,11 @@ def _agent_class(spec: str | None):
     return getattr(module, name)
 
 
-def _chosen(log: dict) -> str:
+def _chosen(log: FitRecord) -> str:
     """What cross-validation chose: kNN, the linear ranker's penalty or the matching network's epochs."""
-    if log.get("chosen_penalty") is not None:
-        return f"linear, penalty {log['chosen_penalty']}"
-    return f"matching, {log['chosen_epochs']} epochs" if log.get("chosen_epochs") else "kNN"
+    if log.extras.get("chosen_penalty") is not None:
+        return f"linear, penalty {log.extras['chosen_penalty']}"
+    return f"matching, {log.extras['chosen_epochs']} epochs" if log.extras.get("chosen_epochs") else "kNN"
 
 
 def main() -> None:
@@ -86,7 +86,7 @@ def main() -> None:
 
     suite = load_suite(args.suite, 0)
     halves = training_halves(len(suite.train), args.split_seed)[::-1 if args.swap else 1]  # (train, judge)
-    env_a = PillowMatchEnv(suite.pool, [suite.train[i] for i in halves[0]], cache_path=args.cache)
+    env_a = PillowMatchEnv(suite.pool, [suite.train[i] for i in halves[0]], cache_path=args.cache, reward="loglik")
     env_b = PillowMatchEnv(suite.pool, [suite.train[i] for i in halves[1][:args.judge_queries]], cache_path=args.cache)
 
     # Half B: every shortlist set of every query, by the likelihood signal.
@@ -127,7 +127,7 @@ def main() -> None:
             if args.queries is not None:
                 subset = np.random.default_rng(1000 + seed).permutation(len(env_a.queries))[:args.queries]
                 train_env = PillowMatchEnv(suite.pool, [env_a.queries[i] for i in subset],
-                                           cache_path=args.cache)
+                                           cache_path=args.cache, reward="loglik")
             log = agent.fit(train_env, Budget(llm_calls=args.budget), progress=False)
             own = agent.margin
             for margin in margins:  # a selection-time setting: one trained agent serves every margin
@@ -138,10 +138,10 @@ def main() -> None:
                 result = paired_bootstrap(gains)
                 rows.append({"variant": variant, "margin": agent.margin, "seed": seed, "gain_vs_knn": result,
                              "changed": int(sum(tuple(p) != k for p, k in zip(picks, knn))),
-                             "scored": log["episodes"], "chosen": _chosen(log)})
+                             "scored": log.episodes, "chosen": _chosen(log)})
                 print(f"{json.dumps(variant)} margin {agent.margin} seed {seed}: {result['mean']:+.4f} "
                       f"[{result['low']:+.4f}, {result['high']:+.4f}] ({rows[-1]['changed']} picks differ from "
-                      f"kNN; {log['episodes']} sets scored on A, chose {_chosen(log)})")
+                      f"kNN; {log.episodes} sets scored on A, chose {_chosen(log)})")
         for margin, gains in per_margin.items():
             averaged = np.mean(gains, axis=0)
             mean = paired_bootstrap(averaged)

@@ -276,14 +276,15 @@ def _run(args: argparse.Namespace, out: Path, pool: list[Example], train_set: li
         results[kind] = run_bench(BenchConfig(pool=files["pool"], train=files["train"], test=files["test"],
                                               agents=agents, model=model, adapter=adapter, episodes=args.episodes,
                                               seed=args.seed, out=str(out / f"bench-{kind}"),
-                                              cache=str(out / "cache.sqlite"), max_new_tokens=args.max_new_tokens))
+                                              cache=str(out / "cache.sqlite"), max_new_tokens=args.max_new_tokens,
+                                              train_reward="loglik"))
     rows = []
     for kind, agent, setting in ROWS:
         record = results[kind]["agents"][agent]
         rows.append({"setting": setting, "model": kind, "agent": agent,
                      **{k: record[k] for k in ("reward", "rouge_l", "semantic", "exact_match")},
                      "paired": None if (kind, agent) == REFERENCE else compare(results, (kind, agent), REFERENCE),
-                     "cost": costs[kind], "selection_calls": record["train_generations"]})
+                     "cost": costs[kind], "selection_calls": record["train_llm_calls"]})
     settings = {"data": args.data, "model": args.model, "shots": 2, "test": len(test), "pool": len(pool),
                 "train": len(train_set), "max_new_tokens": args.max_new_tokens, "plw": plw,
                 "plw_scores": plw_scores, "seed": args.seed, "lora_steps": args.lora_steps,

@@ -78,7 +78,7 @@ def main() -> None:
         kept = float(np.mean([a["selection"] == b["selection"] for a, b in zip(record["per_query"], knn["per_query"])]))
         row = {"label": label, **variant, "episodes": args.episodes, "reward": record["reward"],
                "knn": knn["reward"], "vs_knn": results["paired"][variant["agent"]], "same_sets_as_knn": kept,
-               "train_llm_calls": record["train_generations"]}
+               "train_llm_calls": record["train_llm_calls"]}
         rows = [r for r in rows if r["label"] != label] + [row]
         summary_path.write_text(json.dumps(rows, indent=1) + "\n")
     lines = ["Judged on half B of the built-in training split (test split untouched); "

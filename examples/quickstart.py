@@ -17,7 +17,7 @@ from pillow_env.bench import BenchConfig, run_bench
 def main(model: str = "smollm2-135m-instruct", episodes: int = 2000, out: str = "runs/quickstart",
          test_limit: int | None = None) -> dict:
     config = BenchConfig(agents=["zero_shot", "random", "knn", "listwise"], model=model, episodes=episodes,
-                         out=out, test_limit=test_limit)
+                         out=out, test_limit=test_limit, train_reward="loglik")
     return run_bench(config)
 
 

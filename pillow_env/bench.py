@@ -91,8 +91,10 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
         except ValueError as err:
             raise ValueError(f"--agent-kwargs for {name!r}: {err}") from None
     Budget(episodes=config.episodes)  # a NaN, infinite or non-positive budget is refused here
-    if config.train_reward not in ("pillow", "loglik"):
-        raise ValueError(f"train_reward must be 'pillow' or 'loglik', got {config.train_reward!r}")
+    from .engine import TRAIN_REWARDS
+
+    if config.train_reward not in TRAIN_REWARDS:
+        raise ValueError(f"train_reward must be one of {', '.join(TRAIN_REWARDS)}, got {config.train_reward!r}")
     if config.max_new_tokens is None:
         config = replace(config, max_new_tokens=suite_max_new_tokens(config.test) or 24)
     if config.splits > 1:
@@ -126,7 +128,7 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
 
 def _run_claimed(config: BenchConfig, out: Path, pool: list[Example], train: list[Example], test: list[Example],
                  progress: bool) -> dict[str, Any]:
-    from agents import Budget, evaluate, make_seeded_agent
+    from agents import Budget, FitRecord, evaluate, make_seeded_agent
 
     budget = Budget(episodes=config.episodes)
     results_path = out / "results.json"
@@ -141,6 +143,10 @@ def _run_claimed(config: BenchConfig, out: Path, pool: list[Example], train: lis
         except (ValueError, UnicodeDecodeError) as err:
             raise ValueError(f"{results_path} is not a results file of an earlier run ({err}); move it away or use "
                              "another --out (nothing was overwritten)") from None
+        older = [n for n, r in previous["agents"].items() if isinstance(r, dict) and "train_llm_calls" not in r]
+        if older:
+            raise ValueError(f"{results_path}: agent {older[0]!r} has no 'train_llm_calls' (written by an older "
+                             "version); use another --out (nothing was overwritten)")
         differing = [k for k, v in settings.items() if previous.get("settings", {}).get(k) != v]
         if differing:
             raise ValueError(f"{results_path} holds a run with different {', '.join(differing)}; "
@@ -192,7 +198,7 @@ def _run_claimed(config: BenchConfig, out: Path, pool: list[Example], train: lis
                 continue
             start, start_calls = time.perf_counter(), train_engine.stats.llm_calls
             agent = agents[name]
-            log: dict[str, Any] = {}
+            log = FitRecord()
             if agent.learns:
                 venv = PillowMatchVectorEnv(config.num_envs, pool=pool, queries=train, m=config.shots,
                                             engine=train_engine, encoder=encoder, candidates=config.candidates)
@@ -200,25 +206,25 @@ def _run_claimed(config: BenchConfig, out: Path, pool: list[Example], train: lis
                                 tensorboard=out / "tensorboard")
                 with naming(out / "agents" / name):
                     agent.save(out / "agents" / name)
-            train_generations = train_engine.stats.llm_calls - start_calls
+            train_calls = train_engine.stats.llm_calls - start_calls
             if not agent.rollouts_in_process:  # scored by its own worker processes, which count their LLM calls
-                train_generations = int(log.get("generations", 0))
-            evaluation = evaluate(agent, test_env, progress=progress)
+                train_calls = log.llm_calls
+            evaluation = evaluate(agent, test_env, progress=progress, engine=engine)
             record = {
                 **{k: evaluation.means.get(k) for k in METRICS},  # None (null): a metric the reward did not give
-                "train_generations": train_generations,
-                "eval_generations": evaluation.generations,
-                "generations": train_generations + evaluation.generations,
-                "episodes": log.get("episodes", 0),
+                "train_llm_calls": train_calls,
+                "eval_llm_calls": evaluation.llm_calls,
+                "llm_calls": train_calls + evaluation.llm_calls,
+                "episodes": log.episodes,
                 "wall_seconds": time.perf_counter() - start,
-                "curve": log.get("history", []),
+                "curve": log.history,
                 "per_query": evaluation.per_query,
             }
             results["agents"][name] = record
             results["trajectories_bytes"] = _size(log_path)
             write_json(results_path, results)
             print(f"{name}: reward {_num(record['reward'])}  ROUGE-L {_num(record['rouge_l'])}  "
-                  f"generations {record['generations']}  {record['wall_seconds']:.0f} s")
+                  f"LLM calls {record['llm_calls']}  {record['wall_seconds']:.0f} s")
     except KeyboardInterrupt:
         done = list(results["agents"])
         raise Interrupted(f"{len(done)} finished agent(s) ({', '.join(done) or 'none'}) in {results_path}; "
@@ -384,7 +390,7 @@ def results_table(results: dict[str, Any]) -> str:
         d = results.get("paired", {}).get(name)
         paired = f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d and reference != name else "-"
         lines.append(f"| {name} | {_num(r['reward'])} | {paired} | {_num(r['rouge_l'])} | {_num(r['semantic'])} | "
-                     f"{_num(r['exact_match'])} | {r['train_generations']} + {r['eval_generations']} | "
+                     f"{_num(r['exact_match'])} | {r['train_llm_calls']} + {r['eval_llm_calls']} | "
                      f"{r['wall_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 

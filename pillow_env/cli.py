@@ -201,7 +201,7 @@ def _train_agent(args: argparse.Namespace) -> None:
         with naming(args.out):
             path = agent.save(args.out)
         shutil.rmtree(partial, ignore_errors=True)  # an earlier interrupted run's, superseded
-    print(f"trained {agent.name}: {log.get('episodes', 0)} episodes, {log.get('generations', 0)} LLM generations; "
+    print(f"trained {agent.name}: {log.episodes} episodes, {log.llm_calls} LLM calls; "
           f"saved to {path}")
 
 

@@ -234,13 +234,23 @@ class PillowMatchEnv(gym.Env):
     def action_masks(self) -> np.ndarray:
         """Valid actions (``True``): pool entries not chosen yet in this episode (and, with
         ``candidates``, on the query's shortlist); the sb3-contrib convention."""
+        return self.action_mask_for(self.query_index, self.chosen)
+
+    def action_mask_for(self, query_index: int, chosen: Sequence[int] = ()) -> np.ndarray:
+        """The valid actions of the state (query ``query_index``, ``chosen`` so far), read without
+        changing this env: what agents select by."""
         if self.shortlists is None:
             mask = np.ones(len(self.pool), dtype=bool)
         else:
             mask = np.zeros(len(self.pool), dtype=bool)
-            mask[self.shortlists[self.query_index]] = True
-        mask[self.chosen] = False
+            mask[self.shortlists[query_index]] = True
+        mask[list(chosen)] = False
         return mask
+
+    def observation_for(self, query_index: int, chosen: Sequence[int] = ()) -> dict[str, Any]:
+        """The observation of the state (query ``query_index``, ``chosen`` so far), as ``reset`` /
+        ``step`` would return it there, without changing this env."""
+        return self._observe(self, [(query_index, list(chosen))], single=True)
 
     def begin_reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Request | None:
         """Pick the query; in dense mode, return the zero-shot request whose score is the baseline."""
@@ -306,20 +316,24 @@ class PillowMatchEnv(gym.Env):
     @staticmethod
     def observe(envs: Sequence[PillowMatchEnv], single: bool = False) -> dict[str, Any]:
         """Observations of same-configured envs, batched along axis 0 (or one env's, ``single``)."""
-        first = envs[0]
-        n, k = len(envs), len(first.pool)
+        return PillowMatchEnv._observe(envs[0], [(env.query_index, env.chosen) for env in envs], single)
+
+    @staticmethod
+    def _observe(first: PillowMatchEnv, states: Sequence[tuple[int, list[int]]], single: bool) -> dict[str, Any]:
+        """Observations of (query index, chosen) states of ``first``'s pool and queries, batched."""
+        n, k = len(states), len(first.pool)
         chosen_mask = np.zeros((n, k), dtype=np.int8)
         steps = np.empty(n, dtype=np.int64)
         queries = np.empty(n, dtype=np.int64)
-        for row, env in enumerate(envs):
-            chosen_mask[row, env.chosen] = 1
-            steps[row] = len(env.chosen)
-            queries[row] = env.query_index
+        for row, (query_index, picked) in enumerate(states):
+            chosen_mask[row, picked] = 1
+            steps[row] = len(picked)
+            queries[row] = query_index
         obs: dict[str, Any] = {"chosen_mask": chosen_mask, "step": steps}
         if first.observation == "embedding":
             chosen = np.zeros((n, first.m, first.pool_embeddings.shape[1]), dtype=np.float32)
-            for row, env in enumerate(envs):
-                chosen[row, :len(env.chosen)] = first.pool_embeddings[env.chosen]
+            for row, (_, picked) in enumerate(states):
+                chosen[row, :len(picked)] = first.pool_embeddings[picked]
             obs["query"] = first.query_embeddings[queries]
             obs["chosen"] = chosen
         else:

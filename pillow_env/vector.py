@@ -7,6 +7,7 @@ rewards are exactly those of N separate envs with the same seeds, at a fraction 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -98,6 +99,16 @@ class PillowMatchVectorEnv(VectorEnv):
             infos.append(info)
         self._needs_reset = terminated | truncated
         return PillowMatchEnv.observe(self.envs), rewards, terminated, truncated, merge_infos(infos)
+
+    def with_autoreset_mode(self, mode: AutoresetMode) -> PillowMatchVectorEnv:
+        """A vector env over the same sub-envs (and engine) stepping in ``mode``; this one keeps its own."""
+        if mode == self.autoreset_mode:
+            return self
+        view = copy.copy(self)
+        view.autoreset_mode = AutoresetMode(mode)
+        view.metadata = {**self.metadata, "autoreset_mode": view.autoreset_mode}
+        view._needs_reset = self._needs_reset.copy()
+        return view
 
     @property
     def engine(self):

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from agents import load_agent, Budget, ReinforceAgent, SB3Agent, evaluate, make_agent
+from agents import load_agent, Budget, ListwiseAgent, ReinforceAgent, SB3Agent, evaluate, make_agent
 from pillow_env import Example, builtin_suite
 from pillow_env.engine import RewardEngine
 from pillow_env.env import PillowMatchEnv
@@ -44,8 +44,7 @@ def test_every_agent_fits_selects_saves_and_loads(name, engine, hash_encoder, tm
         assert len(sel) == (0 if name == "zero_shot" else 2) and len(set(sel)) == len(sel)
         assert all(0 <= a < len(POOL) for a in sel)
     if agent.learns:
-        assert 16 - 4 < log["episodes"] <= 16  # a cap: stops before a batch exceeds it
-        assert log["llm_calls" if "llm_calls" in log else "generations"] >= 1
+        assert 16 - 4 < log.episodes <= 16 and log.llm_calls >= 1  # a cap: stops before a batch exceeds it
     agent.save(tmp_path / name)
     if isinstance(agent, SB3Agent):  # SB3 zips are pickles: refused unless the caller trusts the folder
         with pytest.raises(ValueError, match="pickle.*trusted=True"):
@@ -108,14 +107,14 @@ def test_reinforce_learns_the_best_pair_per_query_class(hash_encoder):
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
     optimal = [{pool[a].input for a in agent.select(env, i)} == best[q.metadata["cls"]]
                for i, q in enumerate(queries)]
-    assert np.mean(optimal) >= 0.9, f"optimal selections {np.mean(optimal):.2f}; last rewards {log['history'][-3:]}"
-    assert log["history"][-1]["reward"] > log["history"][0]["reward"]
+    assert np.mean(optimal) >= 0.9, f"optimal selections {np.mean(optimal):.2f}; last rewards {log.history[-3:]}"
+    assert log.history[-1]["reward"] > log.history[0]["reward"]
 
 
 def test_reinforce_is_reproducible(engine, hash_encoder):
     logs = [ReinforceAgent(seed=3).fit(vec(engine, hash_encoder), Budget(episodes=16), progress=False)
             for _ in range(2)]
-    assert [h["reward"] for h in logs[0]["history"]] == [h["reward"] for h in logs[1]["history"]]
+    assert [h["reward"] for h in logs[0].history] == [h["reward"] for h in logs[1].history]
 
 
 @pytest.mark.parametrize("algo", ["ppo", "maskable_ppo"])
@@ -124,7 +123,7 @@ def test_sb3_trains_through_batched_generations(algo, tiny_backbone, hash_encode
     agent = SB3Agent(algo)
     log = agent.fit(vec(engine, hash_encoder, n=4), Budget(episodes=32), progress=False)
     assert engine.stats.max_batch > 1 and engine.stats.backend_calls < engine.stats.generations
-    assert 32 - 4 < log["episodes"] <= 32
+    assert 32 - 4 < log.episodes <= 32
 
 
 def test_matching_policy_head_trains(engine, hash_encoder, tmp_path):
@@ -138,12 +137,48 @@ def test_matching_policy_head_trains(engine, hash_encoder, tmp_path):
         SB3Agent("dqn", policy="matching")
 
 
+def test_sb3_heads_saved_under_old_key_names_are_refused_naming_the_keys(engine, hash_encoder, tmp_path):
+    """Heads saved before the head was a MatchingNetwork (``action_net.prompt_mlp.0.weight``) are not renamed
+    on load: one line names the keys."""
+    import io
+    import zipfile
+
+    import torch
+
+    agent = SB3Agent("ppo")
+    agent.fit(vec(engine, hash_encoder), Budget(episodes=16), progress=False)
+    folder = agent.save(tmp_path / "ppo")
+    with zipfile.ZipFile(folder / "model.zip") as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    state = torch.load(io.BytesIO(files["policy.pth"]), weights_only=True)
+    old = {k.replace("action_net.net.", "action_net.", 1).replace("_mlp.net.", "_mlp."): v for k, v in state.items()}
+    assert "action_net.prompt_mlp.0.weight" in old
+    buffer = io.BytesIO()
+    torch.save(old, buffer)
+    files["policy.pth"] = buffer.getvalue()
+    with zipfile.ZipFile(folder / "model.zip", "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    with pytest.raises(ValueError, match="Unexpected key\\(s\\) in state_dict: \"action_net.prompt") as err:
+        load_agent(folder, trusted=True)
+    assert "\n" not in str(err.value)
+
+
 def test_generation_budget_is_respected(engine, hash_encoder):
     log = ReinforceAgent().fit(vec(engine, hash_encoder), Budget(llm_calls=10), progress=False)
-    assert 10 - 4 < log["generations"] <= 10  # a cap: no batch of 4 starts that could exceed it
-    with pytest.warns(DeprecationWarning, match="llm_calls"):
-        old = Budget(generations=10)  # the old name
-    assert old == Budget(llm_calls=10) and old.generations == 10
+    assert 10 - 4 < log.llm_calls <= 10  # a cap: no batch of 4 starts that could exceed it
+
+def test_removed_names_are_refused_not_translated():
+    """``generations=`` and ``signal=`` were renamed before 0.1.0: refused, naming the argument."""
+    with pytest.raises(TypeError, match="generations"):
+        Budget(generations=5)
+    with pytest.raises(TypeError, match="generations"):
+        Budget(generations=5, llm_calls=10)
+    assert not hasattr(Budget(llm_calls=10), "generations")
+    with pytest.raises(TypeError, match="signal"):
+        ListwiseAgent(signal="env", train_reward="loglik")
+    with pytest.raises(ValueError, match="unknown argument\\(s\\) signal"):
+        make_agent("listwise", signal="env")
 
 
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "maskable_ppo"])
@@ -187,3 +222,37 @@ def test_sb3_actor_critics_learn_a_favoured_exemplar(algo, hash_encoder):
               Budget(episodes=640), progress=False)
     knn_hits, learned = hits(make_agent("knn")), hits(agent)
     assert knn_hits < 0.5 and learned >= 0.875, f"{algo}: kNN {knn_hits:.2f}, learned {learned:.2f}"
+
+
+def test_select_leaves_an_env_mid_episode_as_it_was(engine, hash_encoder):
+    """Agents read the env they are handed; they never reset or step it."""
+    env = single(engine, hash_encoder)
+    env.reset(options={"query_index": 5})
+    env.step(0)
+    before = (env.query_index, list(env.chosen), env.action_masks().copy(), env.observe([env], single=True))
+    fresh = single(engine, hash_encoder)
+    for name in ("knn", "random", "bm25", "mmr", "dpp", "reinforce"):
+        picks = make_agent(name).select(env, 0)
+        assert len(picks) == 2 and (name == "random" or picks == make_agent(name).select(fresh, 0))
+        assert env.query_index == before[0] == 5 and env.chosen == before[1] == [0]
+        assert np.array_equal(env.action_masks(), before[2])
+        after = env.observe([env], single=True)
+        assert all(np.array_equal(after[k], before[3][k]) for k in after)
+    assert fresh.query_index == 0 and fresh.chosen == []
+
+
+def test_ppo_leaves_the_vector_env_to_the_next_learner_as_it_found_it(tiny_backbone, hash_encoder):
+    """SB3's adapter wraps a SAME_STEP view; the caller's vector env keeps its autoreset mode."""
+    from gymnasium.vector import AutoresetMode
+
+    def fresh_engine():
+        return RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), max_new_tokens=3)
+
+    shared = vec(fresh_engine(), hash_encoder)
+    SB3Agent("ppo").fit(shared, Budget(episodes=16), progress=False)
+    assert shared.autoreset_mode == AutoresetMode.NEXT_STEP
+    assert shared.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    after_ppo = ReinforceAgent(seed=3).fit(shared, Budget(episodes=16), progress=False)
+    alone = ReinforceAgent(seed=3).fit(vec(fresh_engine(), hash_encoder), Budget(episodes=16), progress=False)
+    assert [h["reward"] for h in after_ppo.history] == [h["reward"] for h in alone.history]
+    assert after_ppo.episodes == alone.episodes

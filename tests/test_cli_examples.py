@@ -10,8 +10,8 @@ from pillow_env.bench import BenchConfig, run_bench
 from pillow_env.cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-AGENT_KEYS = {"reward", "rouge_l", "semantic", "exact_match", "generations", "train_generations",
-              "eval_generations", "wall_seconds", "per_query", "curve", "episodes"}
+AGENT_KEYS = {"reward", "rouge_l", "semantic", "exact_match", "llm_calls", "train_llm_calls",
+              "eval_llm_calls", "wall_seconds", "per_query", "curve", "episodes"}
 
 
 def example(name):
@@ -30,7 +30,7 @@ def test_bench_writes_json_markdown_and_plot(tiny_model_dir, tmp_path):
     for record in saved["agents"].values():
         assert AGENT_KEYS <= set(record) and len(record["per_query"]) == 6
         assert {"selection", "generation", "reference"} <= set(record["per_query"][0])
-    assert saved["agents"]["reinforce"]["train_generations"] > 0 and saved["agents"]["reinforce"]["curve"]
+    assert saved["agents"]["reinforce"]["train_llm_calls"] > 0 and saved["agents"]["reinforce"]["curve"]
     table = (out / "results.md").read_text()
     assert "| knn |" in table and "| reinforce |" in table
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -22,18 +22,18 @@ def _hits(pool, queries, best, selections):
 def test_distill_learns_which_single_exemplars_help_each_kind_of_query(hash_encoder, tmp_path):
     pool, queries, best, engine = _stub_problem(hash_encoder)  # one best pair per kind of query, not kNN's
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    agent = DistillAgent(candidates=12, train_reward="pillow", folds=4, seed=0)
+    agent = DistillAgent(candidates=12, folds=4, seed=0)
     log = agent.fit(venv, Budget(llm_calls=12 * len(queries)), progress=False)
     # Every (query, candidate) scored once, alone: one-exemplar prompts, nothing more (the stub's
     # prompts repeat across queries of a kind, so the engine sends fewer than it is asked for).
-    assert log["scored_pairs"] == engine.stats.requests == 12 * len(queries)
-    assert log["llm_calls"] == engine.stats.generations <= 12 * len(queries)
+    assert log.episodes == engine.stats.requests == 12 * len(queries)
+    assert log.llm_calls == engine.stats.generations <= 12 * len(queries)
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
     everything = list(range(len(queries)))
     knn = KNNAgent().select_many(env, everything)
     chosen = agent.select_many(env, everything)
     assert _hits(pool, queries, best, chosen) >= 0.9 > _hits(pool, queries, best, knn)
-    assert log["chosen_epochs"] > 0 and log["chosen_temperature"] in agent.target_temperatures
+    assert log.extras["chosen_epochs"] > 0 and log.extras["chosen_temperature"] in agent.target_temperatures
     assert [agent.select(env, i) for i in everything[:5]] == chosen[:5]
     agent.save(tmp_path / "distill")
     loaded = load_agent(tmp_path / "distill")
@@ -44,22 +44,22 @@ def test_distill_learns_which_single_exemplars_help_each_kind_of_query(hash_enco
 def test_distill_budget_caps_the_scored_queries_and_small_budgets_are_refused(hash_encoder):
     pool, queries, best, engine = _stub_problem(hash_encoder)
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
-    log = DistillAgent(candidates=6, epochs=2, folds=2, train_reward="pillow").fit(env, Budget(llm_calls=65),
+    log = DistillAgent(candidates=6, epochs=2, folds=2).fit(env, Budget(llm_calls=65),
                                                                                  progress=False)
-    assert log["scored_queries"] == 10 and log["scored_pairs"] == 60 == engine.stats.requests  # 65 // 6 queries
+    assert log.extras["scored_queries"] == 10 and log.episodes == 60 == engine.stats.requests  # 65 // 6 queries
     with pytest.raises(ValueError, match="budget of 5 LLM calls is less than one training query's 6"):
-        DistillAgent(candidates=6, train_reward="pillow").fit(env, Budget(llm_calls=5), progress=False)
-    one = DistillAgent(candidates=6, train_reward="pillow")
-    assert one.fit(env, Budget(llm_calls=6), progress=False)["chosen_epochs"] == 0  # nothing to validate: kNN
+        DistillAgent(candidates=6).fit(env, Budget(llm_calls=5), progress=False)
+    one = DistillAgent(candidates=6)
+    assert one.fit(env, Budget(llm_calls=6), progress=False).extras["chosen_epochs"] == 0  # nothing to validate: kNN
 
 
 def test_distill_keeps_knn_when_single_scores_carry_nothing(hash_encoder):
     pool, queries, _, _ = _stub_problem(hash_encoder)
     engine = RewardEngine(StubGenerator({"fr": set(), "sum": set()}), stub_reward)  # every exemplar scores the same
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
-    agent = DistillAgent(candidates=6, epochs=3, folds=4, train_reward="pillow")
+    agent = DistillAgent(candidates=6, epochs=3, folds=4)
     log = agent.fit(env, progress=False)
-    assert log["chosen_epochs"] == 0 and log["chosen_temperature"] is None
+    assert log.extras["chosen_epochs"] == 0 and log.extras["chosen_temperature"] is None
     everything = list(range(len(queries)))
     assert agent.select_many(env, everything) == KNNAgent().select_many(env, everything)
     # The untrained network is kNN too.
@@ -84,9 +84,9 @@ def test_distill_choices_do_not_flip_on_float_noise(hash_encoder, monkeypatch):
             return scores + offset + scale * noise.uniform(-1, 1, scores.shape)
 
         monkeypatch.setattr(distill, "score_singles", scored)
-        agent = DistillAgent(candidates=12, folds=4, train_reward="pillow", seed=0)
+        agent = DistillAgent(candidates=12, folds=4, seed=0)
         log = agent.fit(env, progress=False)
-        return (log["chosen_temperature"], log["chosen_epochs"]), agent.select_many(env, everything)
+        return (log.extras["chosen_temperature"], log.extras["chosen_epochs"]), agent.select_many(env, everything)
 
     clean = fit(0.0)
     assert clean[0][1] > 0
@@ -114,7 +114,7 @@ def test_normalise_per_query_standardises_rows_and_zeros_flat_ones():
 def test_distill_transfers_to_another_pool_without_llm_calls(hash_encoder):
     pool, queries, best, engine = _stub_problem(hash_encoder)
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
-    agent = DistillAgent(candidates=12, folds=4, train_reward="pillow")
+    agent = DistillAgent(candidates=12, folds=4)
     agent.fit(env, progress=False)
     calls = engine.stats.requests
     other = PillowMatchEnv(pool[::-1], queries, engine=engine, encoder=hash_encoder)  # the same entries, reordered

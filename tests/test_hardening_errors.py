@@ -159,16 +159,28 @@ def test_loading_by_type(tmp_path):
         ListwiseAgent.load(folder)
     with pytest.raises(ValueError, match="not a ReinforceAgent"):
         ReinforceAgent.load(folder)
-    with pytest.warns(DeprecationWarning, match="load_agent"):
-        assert isinstance(Agent.load(folder), KNNAgent)  # the old spelling still dispatches
+    with pytest.raises(ValueError, match="holds a saved 'knn' agent, not a Agent; load it with agents.load_agent"):
+        Agent.load(folder)  # the base class does not dispatch: load_agent does
+
+
+def test_rllib_weights_of_the_other_policy_are_refused_not_switched(tmp_path):
+    """Weights without the matching network's ``net.prompts`` do not silently turn the agent into the MLP."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "agent.json").write_text(json.dumps({"agent": "rllib_ppo", "config": {"pool_fingerprint": "x"}}))
+    save_file({"pi.net.0.weight": torch.zeros(2, 2)}, str(folder / "rllib_module.safetensors"))
+    with pytest.raises(ValueError, match="holds an MLP \\(no 'net.prompts' key\\), but agent.json says "
+                                         "policy='matching'"):
+        load_agent(folder)
 
 
 def test_unknown_agent_arguments_are_named_everywhere(tmp_path, capsys, llm_forbidden):
     assert "unknown argument(s) bogus" in cli_error(capsys, [
         "train-agent", "--agent", "reinforce", "--agent-kwargs", '{"reinforce": {"bogus": 1}}',
         "--out", str(tmp_path / "a")])
-    with pytest.warns(DeprecationWarning, match="load_agent"):
-        assert Agent.load(make_agent("knn").save(tmp_path / "knn")).name == "knn"
 
 
 def test_splits_never_overwrite_a_single_run(tmp_path):
@@ -178,16 +190,3 @@ def test_splits_never_overwrite_a_single_run(tmp_path):
     with pytest.raises(ValueError, match="not the pooled summary"):
         run_bench(BenchConfig(agents=["knn"], splits=2, out=str(out)))
     assert (out / "results.json").read_text() == '{"settings": {}, "agents": {}}'
-
-
-def test_old_sb3_matching_heads_still_load():
-    import torch
-
-    from agents.sb3 import _MatchingHead
-
-    head = _MatchingHead(torch.randn(5, 4), m=2, hidden=8, temperature=0.1)
-    old = {k.replace("net.", "", 1).replace("_mlp.net.", "_mlp."): v.clone() for k, v in head.state_dict().items()}
-    assert "prompt_mlp.0.weight" in old and "prompts" in old
-    fresh = _MatchingHead(torch.zeros(5, 4), m=2, hidden=8, temperature=0.1)
-    fresh.load_state_dict(old)
-    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), head.state_dict().values()))

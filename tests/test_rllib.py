@@ -227,16 +227,16 @@ def test_rllib_ppo_trains_on_two_runners_shares_the_cache_and_reloads(ray_local,
     small = {"train_batch_size": 32, "minibatch_size": 16, "num_epochs": 1}
     agent = make_agent("rllib_ppo", trajectory_dir=str(tmp_path / "logs"), **small)
     log = agent.fit(named_env, Budget(episodes=48), progress=False)
-    assert log["episodes"] >= 16 and log["generations"] >= 1
-    assert set(log["episodes_per_runner"]) == {"episodes_runner_1", "episodes_runner_2"}
-    assert all(n > 0 for n in log["episodes_per_runner"].values())
-    assert set(log["peak_rss_mb"]) == {"peak_rss_mb_runner_1", "peak_rss_mb_runner_2"}
-    assert all(mb > 50 for mb in log["peak_rss_mb"].values())  # a real process's resident memory, in MB
+    assert log.episodes >= 16 and log.llm_calls >= 1
+    assert set(log.extras["episodes_per_runner"]) == {"episodes_runner_1", "episodes_runner_2"}
+    assert all(n > 0 for n in log.extras["episodes_per_runner"].values())
+    assert set(log.extras["peak_rss_mb"]) == {"peak_rss_mb_runner_1", "peak_rss_mb_runner_2"}
+    assert all(mb > 50 for mb in log.extras["peak_rss_mb"].values())  # a real process's resident memory, in MB
     logged = sorted(p.name for p in (tmp_path / "logs").glob("*.jsonl"))
     assert logged == ["runner-1-0.jsonl", "runner-2-0.jsonl"]
     # The same seed replays the same first episodes: a second agent finds them in the shared disk cache.
     again = make_agent("rllib_ppo", **small).fit(named_env, Budget(episodes=16), progress=False)
-    assert again["cached"] > 0 and again["generations"] < again["episodes"]
+    assert again.extras["cached"] > 0 and again.llm_calls < again.episodes
 
     test = PillowMatchEnv(POOL, [e.to_dict() for e in SUITE.test[:6]], model=str(named_env.config()["model"]),
                           encoder="minilm", candidates=4)
@@ -254,7 +254,7 @@ def test_bench_includes_rllib_ppo_with_its_runner_llm_calls(ray_local, tiny_mode
                                     test_limit=4, episodes=32, max_new_tokens=3, agent_kwargs=kwargs),
                         progress=False)
     record = results["agents"]["rllib_ppo"]
-    assert record["episodes"] >= 16 and record["train_generations"] >= 1
+    assert record["episodes"] >= 16 and record["train_llm_calls"] >= 1
     assert "rllib_ppo" in results["paired"] and (tmp_path / "b" / "agents" / "rllib_ppo" / "agent.json").is_file()
 
 
@@ -272,8 +272,8 @@ def test_two_runners_share_a_real_server_and_its_cache(ray_local, tmp_path):
         small = {"train_batch_size": 32, "minibatch_size": 16, "num_epochs": 1, "model": server.spec}
         agent = make_agent("rllib_ppo", trajectory_dir=str(tmp_path / "logs"), **small)
         log = agent.fit(env, Budget(episodes=32), progress=False)
-        assert set(log["episodes_per_runner"]) == {"episodes_runner_1", "episodes_runner_2"}
-        assert all(n > 0 for n in log["episodes_per_runner"].values()) and log["generations"] > 0
+        assert set(log.extras["episodes_per_runner"]) == {"episodes_runner_1", "episodes_runner_2"}
+        assert all(n > 0 for n in log.extras["episodes_per_runner"].values()) and log.llm_calls > 0
         # Every runner's rewards came from the server: its episodes carry the server engine's fingerprint.
         server_fp = env.engine.fingerprint
         for runner in ("runner-1-0.jsonl", "runner-2-0.jsonl"):
@@ -282,7 +282,7 @@ def test_two_runners_share_a_real_server_and_its_cache(ray_local, tmp_path):
         assert "/v1/completions" in (tmp_path / "serve.log").read_text(errors="replace")
         # A second run replays the first episodes (same seed) from the cache the runners share.
         again = make_agent("rllib_ppo", **small).fit(env, Budget(episodes=16), progress=False)
-        assert again["cached"] > 0 and again["generations"] < again["episodes"]
+        assert again.extras["cached"] > 0 and again.llm_calls < again.episodes
 
 
 @pytest.mark.real
@@ -296,5 +296,5 @@ def test_example_rllib_ppo_trains_and_evaluates_through_its_own_server(ray_local
     results = module.main(episodes=32, runners=2, out=str(tmp_path / "run"), test_limit=4, train_batch_size=32)
     assert list(results["agents"]) == ["knn", "rllib_ppo"] and results["settings"]["model"].startswith("openai:")
     record = results["agents"]["rllib_ppo"]
-    assert record["episodes"] >= 16 and record["train_generations"] > 0 and len(record["per_query"]) == 4
+    assert record["episodes"] >= 16 and record["train_llm_calls"] > 0 and len(record["per_query"]) == 4
     assert "rllib_ppo" in results["paired"] and "/v1/completions" in (tmp_path / "run" / "server.log").read_text()

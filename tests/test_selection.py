@@ -9,6 +9,7 @@ import pytest
 from agents import load_agent, Budget, DPPAgent, KNNAgent, ListwiseAgent, MMRAgent, make_agent
 from agents.set_ranker import SetRanker
 from pillow_env import Example, builtin_suite
+from pillow_env.bench import BenchConfig, run_bench
 from pillow_env.engine import RewardEngine
 from pillow_env.env import PillowMatchEnv
 from pillow_env.resources import embed_examples
@@ -167,14 +168,14 @@ def test_listwise_matching_network_learns_query_dependent_best_pairs_and_beats_k
                                                                                    monkeypatch):
     pool, queries, best, engine = _stub_problem(hash_encoder)  # each kind of query has its own best pair
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    agent = ListwiseAgent(candidates=12, epochs=60, seed=0, train_reward="pillow")
+    agent = ListwiseAgent(candidates=12, epochs=60, seed=0)
     log = agent.fit(venv, Budget(llm_calls=600), progress=False)
-    assert log["episodes"] <= 600 and engine.stats.generations <= 600
+    assert log.episodes <= 600 and log.llm_calls == engine.stats.llm_calls == engine.stats.generations <= 600
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
     optimal = [{pool[a].input for a in agent.select(env, i)} == best[q.metadata["cls"]] for i, q in enumerate(queries)]
     knn = [{pool[a].input for a in KNNAgent().select(env, i)} == best[q.metadata["cls"]] for i, q in enumerate(queries)]
-    assert np.mean(optimal) >= 0.9 > np.mean(knn), (np.mean(optimal), np.mean(knn), log["epochs"])
-    assert log["chosen_epochs"] > 0 and log["validation_gain"]["low"] > 0  # out-of-fold paired gain over kNN
+    assert np.mean(optimal) >= 0.9 > np.mean(knn), (np.mean(optimal), np.mean(knn), log.extras["epochs"])
+    assert log.extras["chosen_epochs"] > 0 and log.extras["validation_gain"]["low"] > 0  # out-of-fold paired gain over kNN
     agent.save(tmp_path / "lw")
     loaded = load_agent(tmp_path / "lw")
     assert loaded.name == "listwise" and loaded.select_many(env, list(range(6))) == agent.select_many(env, range(6))
@@ -197,7 +198,7 @@ def test_listwise_linear_ranker_learns_which_exemplars_help_every_query(hash_enc
     best = {"fr": {"p3", "p7"}, "sum": {"p3", "p7"}}
     pool, queries, best, engine = _stub_problem(hash_encoder, best)
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    agent = ListwiseAgent(candidates=12, seed=0, train_reward="pillow", model="linear")
+    agent = ListwiseAgent(candidates=12, seed=0, model="linear")
     log = agent.fit(venv, Budget(llm_calls=400), progress=False)
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
     everything = list(range(len(queries)))
@@ -207,7 +208,7 @@ def test_listwise_linear_ranker_learns_which_exemplars_help_every_query(hash_enc
 
     assert agent.model == "linear" and isinstance(agent.net, SetRanker) and agent.margin == 0
     assert hits(agent.select_many(env, everything)) >= 0.9 > hits(KNNAgent().select_many(env, everything))
-    assert log["chosen_penalty"] in agent.penalties and log["validation_gain"]["low"] > 0
+    assert log.extras["chosen_penalty"] in agent.penalties and log.extras["validation_gain"]["low"] > 0
     agent.save(tmp_path / "ranker")
     loaded = load_agent(tmp_path / "ranker")
     assert isinstance(loaded.net, SetRanker)
@@ -224,9 +225,9 @@ def test_listwise_scores_knns_set_and_distinct_shortlist_sets_per_query(hash_enc
     log_path = tmp_path / "explored.jsonl"
     engine = RewardEngine(StubGenerator(best), stub_reward, log_path=log_path)
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
-    agent = ListwiseAgent(candidates=8, epochs=1, seed=0, train_reward="pillow")
+    agent = ListwiseAgent(candidates=8, epochs=1, seed=0)
     log = agent.fit(env, Budget(llm_calls=8 * len(queries)), progress=False)
-    assert log["episodes"] == log["scored_sets"] == engine.stats.requests == 8 * len(queries)
+    assert log.episodes == log.extras["scored_sets"] == engine.stats.requests == 8 * len(queries)
     explored = read_trajectories(log_path, pool, queries, fingerprint=engine.fingerprint)
     knn = KNNAgent().select_many(env, list(range(len(queries))))
     sims = embed_examples(hash_encoder, pool, with_output=False) @ env.query_embeddings.T
@@ -242,10 +243,10 @@ def test_listwise_falls_back_to_knn_when_learning_does_not_help(hash_encoder, mo
     pool, queries, _, _ = _stub_problem(hash_encoder)
     engine = RewardEngine(StubGenerator({"fr": set(), "sum": set()}), stub_reward)  # every set scores the same
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    agent = ListwiseAgent(candidates=6, epochs=3, seed=0, train_reward="pillow", model=model)
+    agent = ListwiseAgent(candidates=6, epochs=3, seed=0, model=model)
     log = agent.fit(venv, Budget(llm_calls=100), progress=False)
     env = PillowMatchEnv(pool, queries, engine=engine, encoder=hash_encoder)
-    assert log["chosen_penalty"] is None and log["chosen_epochs"] == (0 if model == "matching" else None)
+    assert log.extras["chosen_penalty"] is None and log.extras["chosen_epochs"] == (0 if model == "matching" else None)
     assert agent.select_many(env, list(range(len(queries)))) == KNNAgent().select_many(env, list(range(len(queries))))
 
 
@@ -254,53 +255,57 @@ def test_listwise_trains_on_logged_episodes(hash_encoder, tmp_path):
     log_path = tmp_path / "trajectories.jsonl"
     engine = RewardEngine(StubGenerator(best), stub_reward, log_path=log_path)
     venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=engine, encoder=hash_encoder)
-    ListwiseAgent(candidates=12, epochs=1, seed=1, train_reward="pillow").fit(venv, Budget(llm_calls=300), progress=False)
+    ListwiseAgent(candidates=12, epochs=1, seed=1).fit(venv, Budget(llm_calls=300), progress=False)
     logged = len(log_path.read_text().splitlines())
-    agent = ListwiseAgent(candidates=12, epochs=1, seed=0, logs=[str(log_path)], train_reward="pillow")
+    agent = ListwiseAgent(candidates=12, epochs=1, seed=0, logs=[str(log_path)])
     log = agent.fit(venv, Budget(llm_calls=60), progress=False)
-    assert log["scored_sets"] > 60 and logged >= 250
+    assert log.extras["scored_sets"] > 60 and logged >= 250
 
 
-def test_retired_options_load_when_off_and_are_refused_when_used(engine, hash_encoder, tmp_path):
+def test_folders_saved_with_removed_options_are_refused_naming_the_key(engine, hash_encoder, tmp_path):
     import json
 
     from agents import ReinforceAgent
 
     venv = PillowMatchVectorEnv(4, pool=POOL, queries=TRAIN, engine=engine, encoder=hash_encoder)
-    for agent, retired in ((ListwiseAgent(epochs=1), {"balanced": True, "refine": 0.4, "explore_temperature": 0.1}),
-                           (ReinforceAgent(), {"pretrain": 0.5})):
+    for agent, removed in ((ListwiseAgent(epochs=1), {"balanced": False, "refine": 0.0, "explore_temperature": None,
+                                                      "signal": "env"}),
+                           (ReinforceAgent(), {"pretrain": 0.0})):
         agent.fit(venv, Budget(episodes=16), progress=False)
         folder = agent.save(tmp_path / agent.name)
         record = json.loads((folder / "agent.json").read_text())
-        off = {"balanced": False, "refine": 0.0, "explore_temperature": None, "pretrain": 0.0}
-        record["config"].update({k: off[k] for k in retired})
-        if agent.name == "listwise":  # the old name and spelling of the training signal
-            record["config"]["signal"] = "env"
-            del record["config"]["train_reward"]
-        (folder / "agent.json").write_text(json.dumps(record))
-        loaded = load_agent(folder)
-        assert loaded.name == agent.name and getattr(loaded, "train_reward", "pillow") == "pillow"
-        for key, value in retired.items():
-            record["config"][key] = value
-            (folder / "agent.json").write_text(json.dumps(record))
-            with pytest.raises(ValueError, match=f"agent.json: {agent.name} option '{key}' was removed"):
+        assert load_agent(folder).name == agent.name
+        for key, value in removed.items():  # even at the value that once meant "off"
+            (folder / "agent.json").write_text(json.dumps({**record, "config": {**record["config"], key: value}}))
+            with pytest.raises(ValueError, match=f"agent.json: config does not fit agent '{agent.name}': "
+                                                 f"unknown argument\\(s\\) {key};") as err:
                 load_agent(folder)
-            record["config"][key] = off[key]
-    with pytest.warns(DeprecationWarning, match="train_reward"):
-        assert ListwiseAgent(signal="env").train_reward == "pillow"
-    with pytest.raises(ValueError, match="train_reward must be one of pillow, loglik"):
-        ListwiseAgent(train_reward="env")
+            assert "\n" not in str(err.value)
 
 
-def test_listwise_scores_by_likelihood_by_default_and_falls_back_where_it_cannot(engine, hash_encoder):
-    venv = PillowMatchVectorEnv(4, pool=POOL, queries=TRAIN, engine=engine, encoder=hash_encoder)
-    ListwiseAgent(epochs=2).fit(venv, Budget(llm_calls=48), progress=False)
-    assert engine.stats.generations == 0 and engine.stats.loglik_passes == 48  # its likelihood sibling scored
-    pool, queries, _, stub_engine = _stub_problem(hash_encoder)
-    stub_venv = PillowMatchVectorEnv(4, pool=pool, queries=queries, engine=stub_engine, encoder=hash_encoder)
-    with pytest.warns(UserWarning, match="cannot score likelihoods.*training on the env's reward"):
-        ListwiseAgent(epochs=1).fit(stub_venv, Budget(llm_calls=40), progress=False)
-    assert stub_engine.stats.requests == 40 and stub_engine.stats.loglik_passes == 0
+def test_listwise_trains_on_the_envs_reward_as_every_learner_does(tiny_backbone, hash_encoder, tiny_model_dir,
+                                                                    tmp_path):
+    """One training signal: the env's reward (bench: ``train_reward``), the same for every learner."""
+    loglik = RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), signal="loglik")
+    log = ListwiseAgent(epochs=2).fit(PillowMatchVectorEnv(4, pool=POOL, queries=TRAIN, engine=loglik,
+                                                           encoder=hash_encoder), Budget(llm_calls=48), progress=False)
+    assert loglik.stats.generations == 0 and loglik.stats.loglik_passes == log.llm_calls == 48
+    generate = RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), max_new_tokens=2)
+    log = ListwiseAgent(epochs=1).fit(PillowMatchVectorEnv(4, pool=POOL, queries=TRAIN, engine=generate,
+                                                           encoder=hash_encoder), Budget(llm_calls=40), progress=False)
+    assert generate.stats.loglik_passes == 0 and 0 < generate.stats.generations == log.llm_calls == log.episodes <= 40
+    with pytest.raises(TypeError, match="train_reward"):
+        ListwiseAgent(train_reward="loglik")
+    for train_reward in ("pillow", "loglik"):  # bench's option is honoured, not overridden by listwise
+        results = run_bench(BenchConfig(agents=["listwise"], model=str(tiny_model_dir), test_limit=2, train_limit=6,
+                                        episodes=12, max_new_tokens=2, train_reward=train_reward,
+                                        out=str(tmp_path / train_reward)), progress=False)
+        train = results.get("train_engine", results["engine"])
+        assert (train["loglik_passes"] > 0) == (train_reward == "loglik")
+        assert results["engine"]["loglik_passes"] == 0  # evaluation always generates
+        record = results["agents"]["listwise"]
+        assert record["llm_calls"] == record["train_llm_calls"] + record["eval_llm_calls"]
+        assert 0 < record["train_llm_calls"] == train["llm_calls"] - (train_reward == "pillow") * record["eval_llm_calls"]
 
 
 # -- paired statistics ---------------------------------------------------------------------------

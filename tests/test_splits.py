@@ -79,4 +79,4 @@ def test_train_limit_takes_the_first_training_queries(tiny_model_dir, tmp_path):
     results = run_bench(BenchConfig(agents=["knn", "listwise"], model=str(tiny_model_dir), out=str(tmp_path / "b"),
                                     test_limit=2, train_limit=6, episodes=12, max_new_tokens=2), progress=False)
     assert results["settings"]["train"] == examples_fingerprint(builtin_suite(0).train[:6])
-    assert results["agents"]["listwise"]["train_generations"] <= 12
+    assert results["agents"]["listwise"]["train_llm_calls"] <= 12

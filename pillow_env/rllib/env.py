@@ -51,14 +51,17 @@ class MaskedObservation(gym.ObservationWrapper):
         return flat_observation(self.base, observation)
 
 
-def flat_observation(env: PillowMatchEnv, observation: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """One env's observation in :class:`MaskedObservation`'s form (also used to select without Ray)."""
+def flat_observation(env: PillowMatchEnv, observation: Mapping[str, Any],
+                     action_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """One env's observation in :class:`MaskedObservation`'s form (also used to select without Ray);
+    ``action_mask``: that state's valid actions (default: the env's current ones)."""
     step = np.zeros(env.m + 1, dtype=np.float32)
     step[int(observation["step"])] = 1.0
     flat = np.concatenate([np.asarray(observation["query"], np.float32).ravel(),
                            np.asarray(observation["chosen"], np.float32).ravel(),
                            np.asarray(observation["chosen_mask"], np.float32).ravel(), step])
-    return {"observations": flat, "action_mask": env.action_masks().astype(np.float32)}
+    mask = env.action_masks() if action_mask is None else action_mask
+    return {"observations": flat, "action_mask": mask.astype(np.float32)}
 
 
 def make_env(env_config: Mapping[str, Any]) -> MaskedObservation:
