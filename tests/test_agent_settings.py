@@ -77,7 +77,7 @@ def test_save_before_fit_writes_nothing(name, tmp_path):
 
 
 def test_listwise_transfer_takes_a_vector_env(tiny_backbone, hash_encoder):
-    agent = ListwiseAgent(epochs=1, train_reward="pillow")
+    agent = ListwiseAgent(epochs=1)
     agent.fit(venv(tiny_backbone, hash_encoder), Budget(llm_calls=24), progress=False)
     other = venv(tiny_backbone, hash_encoder, pool=SUITE.pool[10:20])
     moved = agent.transfer(other)

@@ -289,4 +289,4 @@ def test_chat_bench_refuses_loglik_before_any_agent_and_trains_on_the_generation
         assert not (tmp_path / "refused" / "agents").exists()
         results = run_bench(BenchConfig(agents=["knn", "reinforce"], model=server.chat_spec, out=str(tmp_path / "b"),
                                         test_limit=2, episodes=8, train_limit=8), progress=False)
-    assert set(results["agents"]) == {"knn", "reinforce"} and results["agents"]["reinforce"]["train_generations"] > 0
+    assert set(results["agents"]) == {"knn", "reinforce"} and results["agents"]["reinforce"]["train_llm_calls"] > 0

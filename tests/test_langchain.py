@@ -31,7 +31,7 @@ def string_prompt(selector):
 @pytest.fixture
 def trained_listwise(tiny_backbone, hash_encoder, tmp_path):
     engine = RewardEngine(tiny_backbone, PillowReward(encoder=hash_encoder), max_new_tokens=3)
-    agent = make_agent("listwise", train_reward="pillow")
+    agent = make_agent("listwise")
     agent.fit(PillowMatchVectorEnv(4, pool=POOL, queries=TRAIN, engine=engine, encoder=hash_encoder),
               Budget(episodes=16), progress=False)
     return agent.save(tmp_path / "listwise")
