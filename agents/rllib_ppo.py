@@ -93,7 +93,7 @@ class RLlibPPOAgent(Agent):
                 "hiddens": list(self.hiddens), "num_cpus": self.num_cpus, "trajectory_dir": self.trajectory_dir,
                 "seed": self.seed, "pool_fingerprint": self.pool_fingerprint}
 
-    def check_settings(self, *, num_envs: int) -> None:
+    def check_settings(self, *, num_envs: int, budget: Budget | None = None) -> None:
         _import_ray()  # no Ray: say so before any model load
 
     def _module_spec(self, env: PillowMatchEnv, observation_space=None, action_space=None):

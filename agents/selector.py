@@ -69,8 +69,8 @@ class _FilteredEnv(PillowMatchEnv):
 
     allowed: np.ndarray | None = None
 
-    def action_masks(self) -> np.ndarray:
-        mask = super().action_masks()
+    def action_mask_for(self, query_index: int, chosen=()) -> np.ndarray:
+        mask = super().action_mask_for(query_index, chosen)
         return mask if self.allowed is None else mask & self.allowed
 
 

@@ -170,6 +170,13 @@ def _run_claimed(config: BenchConfig, out: Path, pool: list[Example], train: lis
     try:
         encoder = load_encoder("minilm")
         backbone = shared_backend(config.model, config.adapter)
+        if config.train_reward == "loglik":  # a backend that cannot score says so now, before anything is written
+            if not callable(getattr(backbone, "loglik", None)):
+                from .backends import LikelihoodUnsupported
+
+                raise LikelihoodUnsupported(f"the LLM backend {type(backbone).__name__} cannot score likelihoods; "
+                                            "use --train-reward pillow or an in-process Hugging Face model")
+            backbone.loglik(["Say yes."], ["yes"], mean=True)
         # Resume by content: the weights' fingerprint (the cache key's), not the --model / --adapter strings.
         fingerprint = backbone.fingerprint
         earlier = results["settings"].get("model_fingerprint")
@@ -187,8 +194,6 @@ def _run_claimed(config: BenchConfig, out: Path, pool: list[Example], train: lis
         engine = make_engine(backbone, encoder, **common)
         train_engine = engine if config.train_reward == "pillow" else \
             make_engine(backbone, encoder, signal="loglik", **common)
-        if config.train_reward == "loglik":  # a server that cannot score says so now, before any agent runs
-            backbone.loglik(["Say yes."], ["yes"], mean=True)
         test_env = PillowMatchEnv(pool, test, m=config.shots, engine=engine, encoder=encoder,
                                   candidates=config.candidates)
 

@@ -147,7 +147,7 @@ def test_global_options_after_the_subcommand_and_defaults_in_help(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 2)" in text and "(default: 24)" in text and "listwise" in text and "maskable_ppo" in text
+    assert "(default: 2)" in text and "else 24)" in text and "listwise" in text and "maskable_ppo" in text
 
 
 def test_loading_by_type(tmp_path):

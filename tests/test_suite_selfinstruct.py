@@ -116,7 +116,7 @@ def test_bench_cli_and_splits_take_the_suites_budget(tiny_model_dir, tmp_path):
 
 def test_bench_pillow_takes_the_suite():
     module = _module(ROOT / "benchmarks" / "bench_pillow.py", "bench_pillow")
-    args = argparse.Namespace(data="selfinstruct", seed=0, pool_size=0, train_size=0, test_size=0)
+    args = argparse.Namespace(data="selfinstruct", seed=0, pool_size=None, train_size=None, test_size=None)
     pool, train, test = module.split_data(args)
     suite = selfinstruct_suite(0)
     assert (pool, train, test) == (suite.pool, suite.train, suite.test)
