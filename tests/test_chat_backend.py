@@ -282,8 +282,9 @@ def test_chat_bench_refuses_loglik_before_any_agent_and_trains_on_the_generation
     with _server(folder, free_port(), tmp_path / "serve.log") as server:
         with pytest.raises(LikelihoodUnsupported, match="cannot score likelihoods"):
             run_bench(BenchConfig(agents=["knn", "reinforce"], model=server.chat_spec, train_reward="loglik",
-                                  out=str(tmp_path / "refused"), test_limit=2, episodes=4), progress=False)
+                                  out=str(tmp_path / "refused"), test_limit=2, episodes=4, num_envs=4),
+                      progress=False)
         assert not (tmp_path / "refused" / "agents").exists()
         results = run_bench(BenchConfig(agents=["knn", "reinforce"], model=server.chat_spec, out=str(tmp_path / "b"),
-                                        test_limit=2, episodes=8, train_limit=8), progress=False)
+                                        test_limit=2, episodes=8, train_limit=8, num_envs=4), progress=False)
     assert set(results["agents"]) == {"knn", "reinforce"} and results["agents"]["reinforce"]["train_llm_calls"] > 0
